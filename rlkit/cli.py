@@ -1,0 +1,145 @@
+"""The ``rlkit`` command: train, eval, list, plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rlkit.config import ConfigError
+
+app = typer.Typer(
+    name="rlkit", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    help="Reinforcement-learning post-training for language models.\n\n"
+         "Run [bold]rlkit train[/bold] with no arguments to train the bundled tiny model on arithmetic.",
+)
+console = Console()
+err = Console(stderr=True)
+
+OVERRIDES_HELP = ("Any config key can follow as --section.key VALUE (e.g. --rollout.temperature 0.7 "
+                  "--learner.zero_stage 2 --objective.beta 0.04); see `rlkit list keys`.")
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command(context_settings=EXTRA_ARGS, help=f"Train a policy. {OVERRIDES_HELP}")
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="YAML config file (optional)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from a shipped recipe "
+                                         "(see `rlkit list recipes`); the config file and overrides apply on top."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its "
+                                          "latest checkpoint; overrides still apply."),
+) -> None:
+    from rlkit.config import load_config, parse_override_args
+    from rlkit.trainer import RLTrainer
+
+    try:
+        overrides = parse_override_args(list(ctx.args))
+        if resume is not None:
+            if config is not None or recipe is not None:
+                _fail("--resume takes its config from the run folder; drop the config file and --recipe")
+            trainer = RLTrainer.from_run(resume, overrides)
+        else:
+            trainer = RLTrainer(args=load_config(config, overrides, recipe))
+        trainer.train(resume=resume is not None)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except FileExistsError as exc:
+        _fail(str(exc))
+
+
+@app.command(name="eval", context_settings=EXTRA_ARGS,
+             help=f"Greedy pass rate of a model on the held-out split. {OVERRIDES_HELP}")
+def evaluate(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="YAML config file (optional)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id "
+                                        "(a run's `final/` folder, say); default: the config's model."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from a shipped recipe."),
+) -> None:
+    from rlkit.config import load_config, parse_override_args
+    from rlkit.trainer import RLTrainer
+
+    try:
+        overrides = parse_override_args(list(ctx.args))
+        if model:
+            overrides["model.name_or_path"] = model
+        result = RLTrainer(args=load_config(config, overrides, recipe)).evaluate()
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"pass rate {result['pass_rate']:.1%} on {result['num_rows']} rows "
+                  f"(mean reward {result['reward_mean']:.3f})")
+
+
+@app.command(name="list", help="List objectives, rewards, envs, recipes, or every config key.")
+def list_(what: str = typer.Argument(..., help="objectives | rewards | envs | recipes | keys")) -> None:
+    from rlkit import plugins
+    from rlkit.config import describe_fields, recipe_names, recipe_path
+
+    registries = {"objectives": plugins.objectives, "rewards": plugins.rewards, "envs": plugins.envs}
+    table = Table(show_header=True, header_style="bold")
+    if what in registries:
+        table.add_column("name")
+        table.add_column("from")
+        table.add_column("about")
+        for entry in registries[what].entries():
+            table.add_row(entry.name, entry.origin, _first_line(entry.obj.__doc__))
+    elif what == "recipes":
+        table.add_column("recipe")
+        table.add_column("about")
+        for name in recipe_names():
+            table.add_row(name, _first_line(_yaml_comment(recipe_path(name))))
+    elif what == "keys":
+        for column in ("key", "type", "default", "meaning"):
+            table.add_column(column)
+        for key, type_name, default, text in describe_fields():
+            table.add_row(key, type_name, repr(default), text)
+    else:
+        _fail(f"unknown list {what!r}; choose objectives, rewards, envs, recipes or keys")
+    console.print(table)
+
+
+@app.command(help="Draw RUN_DIR/reward_curve.png from the run's metrics.jsonl.")
+def plot(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
+    from rlkit.runs import RunDirectory, plot_reward_curve
+
+    run = RunDirectory(run_dir)
+    if not run.metrics_path.is_file():
+        _fail(f"{run_dir} has no metrics.jsonl")
+    try:
+        out = plot_reward_curve(run.metrics_path, run.plot_path, title=run.path.name)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {out}")
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def _yaml_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ")
+    return ""
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""The typed configuration tree: defaults, YAML recipes, ``--section.key value`` overrides.
+
+Precedence, lowest first: dataclass defaults, a recipe (``--recipe NAME``), the YAML file,
+command-line overrides. Every value is checked against its field's type while it is merged, so an
+unknown key or a bad value is refused before anything starts, with the closest valid key named.
+Names follow TRL's ``GRPOConfig`` where TRL has the same knob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before anything started."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _help(
+        "bundled model name (`tiny-arith`), a local folder, or a Hugging Face hub id", default="tiny-arith")
+    dtype: str = _help("parameter dtype: float32, bfloat16 or float16", default="float32")
+    trust_remote_code: bool = _help("allow custom model code from the hub", default=False)
+    lora_r: int = _help("LoRA rank; 0 trains all weights", default=0)
+    lora_alpha: int = _help("LoRA scaling alpha", default=16)
+    lora_dropout: float = _help("LoRA dropout", default=0.0)
+    lora_target_modules: list[str] = _help(
+        "modules LoRA adapts", default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class EnvConfig:
+    name: str = _help("environment plugin: a registered name, file.py:Class or module:Class", default="arith")
+    args: dict[str, Any] = _help("keyword arguments for the environment's constructor", default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = _help(
+        "training prompts instead of the environment's: .jsonl/.json/.parquet/.csv file, a folder "
+        "saved with datasets' save_to_disk, or a hub dataset id", default=None)
+    eval_file: str | None = _help("held-out prompts for pass-rate evaluation (same forms)", default=None)
+    train_split: str = _help("split to read from a hub dataset for training", default="train")
+    eval_split: str = _help("split to read from a hub dataset for evaluation", default="test")
+    prompt_column: str = _help("column holding the prompt text", default="prompt")
+    shuffle: bool = _help("shuffle training prompts each epoch", default=True)
+    on_bad_row: str = _help("a malformed row: `error` refuses the dataset, `skip` drops the row", default="error")
+    eval_limit: int = _help("evaluate on at most this many held-out rows (0 = all)", default=0)
+
+
+@dataclass
+class RewardsConfig:
+    funcs: list[str] = _help(
+        "reward plugins (names, file.py:fn or module:fn); empty = the environment's defaults",
+        default_factory=list)
+    weights: list[float] | None = _help("one weight per reward function (default all 1)", default=None)
+    pass_threshold: float = _help("a greedy completion passes evaluation when its total reward is at least this",
+                                  default=1.0)
+
+
+@dataclass
+class RolloutConfig:
+    schedule: str = _help(
+        "sync (generate all, then train) or periodic_async (train on groups while later ones generate; "
+        "weights synced each step, so still on-policy)", default="periodic_async")
+    max_staleness: int = _help(
+        "0 = on-policy; s > 0 lets generation run up to s policy versions ahead (bounded off-policy)",
+        default=0)
+    num_workers: int = _help("rollout actors generating in parallel", default=1)
+    num_generations: int = _help("completions sampled per prompt (the group size G)", default=8)
+    prompts_per_step: int = _help("prompts per optimizer step; a step trains on prompts_per_step x G samples",
+                                  default=32)
+    max_completion_length: int = _help("tokens generated at most per completion", default=8)
+    temperature: float = _help("sampling temperature", default=1.0)
+    top_p: float = _help("nucleus sampling; 1.0 disables it", default=1.0)
+    top_k: int = _help("top-k sampling; 0 disables it", default=0)
+    engine: str = _help("generation engine: hf (transformers generate with KV cache)", default="hf")
+
+
+@dataclass
+class LearnerConfig:
+    learning_rate: float = _help("AdamW learning rate", default=1e-3)
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    adam_beta1: float = _help("AdamW beta1", default=0.9)
+    adam_beta2: float = _help("AdamW beta2", default=0.99)
+    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
+    max_grad_norm: float = _help("clip the gradient's global norm; 0 disables", default=1.0)
+    lr_scheduler: str = _help("constant, linear or cosine decay to 0 over max_steps", default="constant")
+    warmup_steps: int = _help("linear warm-up steps", default=0)
+    micro_batch_groups: int = _help(
+        "prompt groups per learner micro-batch, also the unit generation hands to the learner", default=8)
+    num_learners: int = _help("data-parallel learner actors", default=1)
+    zero_stage: int = _help("DeepSpeed ZeRO stage 0-3", default=0)
+    backend: str = _help("torch.distributed backend: auto (nccl on GPU, gloo on CPU), gloo or nccl",
+                         default="auto")
+    gradient_checkpointing: bool = _help("trade compute for activation memory", default=False)
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = _help("objective plugin (see `rlkit list objectives`)", default="grpo")
+    params: dict[str, Any] = _help("the objective's own fields, written beside `name` in YAML",
+                                   default_factory=dict)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = _help("write TensorBoard event files under RUN/tb", default=True)
+    progress: bool = _help("show a live progress bar", default=True)
+    plot: bool = _help("write RUN/reward_curve.png at the end", default=True)
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = _help(
+        "Ray cluster address (e.g. ray://head:10001 or auto); none starts Ray in-process", default=None)
+    num_cpus: int | None = _help("CPUs for the in-process Ray cluster (default: all)", default=None)
+    use_gpu: str = _help("auto, true or false: place learners and rollout workers on GPUs", default="auto")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "env": EnvConfig, "data": DataConfig, "rewards": RewardsConfig,
+    "rollout": RolloutConfig, "learner": LearnerConfig, "objective": ObjectiveConfig,
+    "logging": LoggingConfig, "cluster": ClusterConfig,
+}
+
+_TOP_LEVEL_HELP = {
+    "output_dir": "run folder (default runs/<env>-<objective>-<time>)",
+    "seed": "seed for data order, sampling and initialization",
+    "max_steps": "optimizer steps to train",
+    "save_steps": "write a checkpoint every N steps (0 = only at the end)",
+    "save_total_limit": "checkpoints kept on disk",
+    "eval_steps": "evaluate the held-out pass rate every N steps (0 = before and after only)",
+}
+
+
+@dataclass(init=False)
+class RLConfig:
+    """The whole configuration of a run.
+
+    Build it with sections (``RLConfig(rollout=RolloutConfig(num_generations=4))``), or TRL-style
+    with flat field names routed to their section (``RLConfig(learning_rate=1e-3,
+    num_generations=4, beta=0.04)``; unknown flat names go to the objective).
+    """
+
+    output_dir: str | None = _help(_TOP_LEVEL_HELP["output_dir"], default=None)
+    seed: int = _help(_TOP_LEVEL_HELP["seed"], default=0)
+    max_steps: int = _help(_TOP_LEVEL_HELP["max_steps"], default=40)
+    save_steps: int = _help(_TOP_LEVEL_HELP["save_steps"], default=10)
+    save_total_limit: int = _help(_TOP_LEVEL_HELP["save_total_limit"], default=2)
+    eval_steps: int = _help(_TOP_LEVEL_HELP["eval_steps"], default=0)
+    model: ModelConfig = _help("model and tokenizer", default_factory=ModelConfig)
+    env: EnvConfig = _help("environment", default_factory=EnvConfig)
+    data: DataConfig = _help("datasets", default_factory=DataConfig)
+    rewards: RewardsConfig = _help("reward functions", default_factory=RewardsConfig)
+    rollout: RolloutConfig = _help("generation and schedule", default_factory=RolloutConfig)
+    learner: LearnerConfig = _help("optimizer and DeepSpeed", default_factory=LearnerConfig)
+    objective: ObjectiveConfig = _help("loss", default_factory=ObjectiveConfig)
+    logging: LoggingConfig = _help("what is logged and shown", default_factory=LoggingConfig)
+    cluster: ClusterConfig = _help("Ray", default_factory=ClusterConfig)
+
+    def __init__(self, **kwargs: Any):
+        for f in dataclasses.fields(RLConfig):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(self, f.name, default)
+        apply_mapping(self, _route_flat_kwargs(kwargs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, with the objective's params written beside its name (YAML form)."""
+        out = dataclasses.asdict(self)
+        objective = out.pop("objective")
+        out["objective"] = {"name": objective["name"], **objective["params"]}
+        return out
+
+
+# --- merging -------------------------------------------------------------------------------------
+
+def _route_flat_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Map TRL-style flat names (``num_generations``) onto their section (``rollout``)."""
+    top = {f.name for f in dataclasses.fields(RLConfig)}
+    routed: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in top:
+            routed[key] = value
+            continue
+        owners = [name for name, cls in SECTIONS.items()
+                  if name != "objective" and key in {f.name for f in dataclasses.fields(cls)}]
+        if len(owners) > 1:
+            raise ConfigError(f"{key!r} is ambiguous between sections {owners}; write it as section.{key}")
+        section = owners[0] if owners else "objective"  # objective fields are validated later
+        routed.setdefault(section, {})
+        if isinstance(routed[section], dict):
+            routed[section][key] = value
+    return routed
+
+
+def apply_mapping(config: RLConfig, mapping: dict[str, Any], source: str = "") -> None:
+    """Merge a nested mapping into ``config``, checking every key and value."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source or 'config'}: expected a mapping of sections, got {type(mapping).__name__}")
+    for key, value in mapping.items():
+        _set_path(config, [str(key)], value, source)
+
+
+def apply_overrides(config: RLConfig, overrides: dict[str, str]) -> None:
+    """Apply ``{"rollout.temperature": "0.7"}``; string values are parsed as YAML scalars."""
+    for dotted, raw in overrides.items():
+        _set_path(config, dotted.split("."), _parse_cli_value(raw), "command line")
+
+
+def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
+    where = f" (from {source})" if source else ""
+    if isinstance(target, ObjectiveConfig) and path[0] not in ("name", "params"):
+        target.params[".".join(path)] = value  # checked against the objective's own fields in validate()
+        return
+    names = {f.name: f for f in dataclasses.fields(target)}
+    key = path[0]
+    full = _dotted_name(target, key)
+    if key not in names:
+        raise ConfigError(f"unknown config key {full!r}{where}{_suggest(key, names, target)}")
+    f = names[key]
+    current = getattr(target, key)
+    if dataclasses.is_dataclass(current):
+        if len(path) > 1:
+            _set_path(current, path[1:], value, source)
+        elif isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                _set_path(current, [str(sub_key)], sub_value, source)
+        elif dataclasses.is_dataclass(value) and type(value) is type(current):
+            setattr(target, key, value)
+        else:
+            raise ConfigError(f"{full}{where}: expected a mapping of its keys, got {value!r}")
+        return
+    if len(path) > 1:
+        if _is_dict_type(_field_type(type(target), key)):
+            current[".".join(path[1:])] = value
+            return
+        raise ConfigError(f"{full}{where} is a value, not a section; cannot set {'.'.join(path)}")
+    setattr(target, key, _coerce(value, _field_type(type(target), key), full, where))
+
+
+def _dotted_name(target: Any, key: str) -> str:
+    for section, cls in SECTIONS.items():
+        if type(target) is cls:
+            return f"{section}.{key}"
+    return key
+
+
+def _suggest(key: str, names: dict[str, Any], target: Any) -> str:
+    candidates = [_dotted_name(target, n) for n in names]
+    if isinstance(target, RLConfig):  # a flat field of some section given at top level
+        candidates += [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    plain = {c.rsplit(".", 1)[-1]: c for c in candidates}
+    close = difflib.get_close_matches(key, list(plain), n=1, cutoff=0.6)
+    exact = [c for c in candidates if c.endswith("." + key)]
+    best = exact[0] if exact else (plain[close[0]] if close else None)
+    return f"; did you mean {best!r}?" if best else f"; valid keys: {', '.join(sorted(names))}"
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _is_dict_type(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict or tp is dict
+
+
+def _coerce(value: Any, tp: Any, full: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only where it loses nothing."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, full, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    expected = getattr(tp, "__name__", str(tp))
+    bad = ConfigError(f"{full}{where}: expected {expected}, got {value!r} ({type(value).__name__})")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(v, item_type, f"{full}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    return value
+
+
+def _parse_cli_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def parse_override_args(args: list[str]) -> dict[str, str]:
+    """``["--rollout.temperature", "0.7", "--seed=3"]`` -> ``{"rollout.temperature": "0.7", "seed": "3"}``."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"unexpected argument {token!r}; overrides look like --section.key value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"override {token} needs a value (--{key} VALUE)")
+        overrides[key.replace("-", "_")] = value
+    return overrides
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, recipe_names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown recipe {name!r}{hint} (available: {', '.join(recipe_names())})")
+    return path
+
+
+def load_config(config_file: str | Path | None = None, overrides: dict[str, str] | None = None,
+                recipe: str | None = None) -> RLConfig:
+    """Defaults < recipe < YAML file < overrides, then :func:`validate`."""
+    config = RLConfig()
+    if recipe:
+        path = recipe_path(recipe)
+        apply_mapping(config, _normalize_objective(read_yaml(path)), f"recipe {recipe}")
+    if config_file:
+        apply_mapping(config, _normalize_objective(read_yaml(config_file)), str(config_file))
+    apply_overrides(config, overrides or {})
+    from rlkit.validation import validate  # late: validation imports plugins, models, data
+
+    validate(config)
+    return config
+
+
+def _normalize_objective(data: dict[str, Any]) -> dict[str, Any]:
+    """YAML writes an objective's fields beside its name; the tree keeps them under params."""
+    objective = data.get("objective")
+    if isinstance(objective, str):
+        data = {**data, "objective": {"name": objective}}
+    return data
+
+
+def describe_fields() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, help) for every field: the source of the config reference."""
+    rows = []
+    defaults = RLConfig()
+    for f in dataclasses.fields(RLConfig):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            hints = typing.get_type_hints(type(value))
+            for sub in dataclasses.fields(value):
+                rows.append((f"{f.name}.{sub.name}", _type_name(hints[sub.name]),
+                             getattr(value, sub.name), sub.metadata.get("help", "")))
+        else:
+            rows.append((f.name, _type_name(typing.get_type_hints(RLConfig)[f.name]), value,
+                         f.metadata.get("help", "")))
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")

@@ -1,0 +1,211 @@
+"""The learner: one data-parallel rank of a DeepSpeed-initialized policy.
+
+It receives micro-batches of :class:`RolloutGroup`s, scores them under the current (and, when
+the objective asks, the reference) policy, back-propagates the objective's unnormalized loss, and
+at the step boundary divides the accumulated gradient by the step's normalizer and updates.
+The driver wraps this class in a Ray actor; nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlkit.config import RLConfig
+from rlkit.data import RolloutGroup, TrainBatch
+from rlkit.learner.optim import NormalizedAdamW, learning_rate_at
+from rlkit.learner.scoring import policy_logprobs
+from rlkit.objectives import PolicyBatch, StepStats, objective_from_config
+
+
+class Learner:
+    def __init__(self, config: RLConfig, *, rank: int, world_size: int, master_addr: str, master_port: int,
+                 steps_per_update: int, threads: int = 1):
+        import deepspeed
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(config.seed)
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        self.config = config
+        self.rank, self.world_size = rank, world_size
+        self.device = _device()
+        backend = config.learner.backend
+        if backend == "auto":
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+        from rlkit.models import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(config.model)
+        self.objective = objective_from_config(config.objective.name, config.objective.params)
+        model = load_model(config.model)
+        if config.learner.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.reference = None
+        if self.objective.needs_reference():
+            self.reference = load_model(config.model, trainable=False).to(self.device).eval()
+            self.reference.requires_grad_(False)
+        self.engine = self._initialize(deepspeed, model, steps_per_update)
+        self.steps_per_update = steps_per_update
+        self._reset_step_totals()
+
+    def _initialize(self, deepspeed, model, steps_per_update: int):
+        cfg = self.config.learner
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = NormalizedAdamW(
+            params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+            partitioned=cfg.zero_stage > 0 and self.world_size > 1)
+        ds_config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_groups * self.config.rollout.num_generations,
+            "gradient_accumulation_steps": steps_per_update,
+            "gradient_clipping": 0.0,  # done after normalization, in NormalizedAdamW
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if self.config.model.dtype == "bfloat16":
+            ds_config["bf16"] = {"enabled": True}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        return engine
+
+    # --- one optimizer step = steps_per_update micro-batches, then step() ------------------------
+
+    def _reset_step_totals(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._micro_batches = 0
+
+    def train_micro_batch(self, groups: list[RolloutGroup]) -> dict[str, float]:
+        """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`."""
+        batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
+        policy = self._policy_batch(batch)
+        loss_sum, metrics = self.objective.loss_sum(policy)
+        self.engine.backward(loss_sum, scale_wrt_gas=False)
+        self._micro_batches += 1
+        tokens = batch.num_tokens
+        self._accumulate({"loss_sum": loss_sum.item(), "tokens": tokens,
+                          "entropy_sum": float((policy.entropy * policy.mask).sum()),
+                          **{f"{k}_weighted": v * tokens for k, v in metrics.items()}})
+        return {"tokens": tokens, "sequences": batch.num_sequences}
+
+    def _policy_batch(self, batch: TrainBatch) -> PolicyBatch:
+        temperature = self.config.rollout.temperature
+        batch = _to_device(batch, self.device)
+        logprobs, entropy = policy_logprobs(self.engine, batch, temperature, with_entropy=True)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref, _ = policy_logprobs(self.reference, batch, temperature)
+        on_policy = self.config.rollout.max_staleness == 0
+        # on-policy: pi_old is the current weights, so the ratio is exactly 1 with a live gradient
+        old = logprobs.detach() if on_policy else batch.behavior_logprobs
+        advantages = self.objective.compute_advantages(batch.rewards).reshape(-1)
+        return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=batch.completion_mask.float(),
+                           advantages=advantages.to(self.device), ref_logprobs=ref,
+                           behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach())
+
+    def _accumulate(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+
+    def step(self, stats: dict[str, int], step_index: int) -> dict[str, float]:
+        """Normalize, clip and apply the accumulated gradient (called on every rank)."""
+        if self._micro_batches != self.steps_per_update:
+            raise RuntimeError(f"step() after {self._micro_batches} micro-batches, "
+                               f"expected {self.steps_per_update}")
+        step_stats = StepStats(num_sequences=stats["num_sequences"], num_tokens=stats["num_tokens"],
+                               max_completion_length=self.config.rollout.max_completion_length)
+        normalizer = float(self.objective.normalizer(step_stats))
+        lr = learning_rate_at(step_index, self.config.learner.learning_rate, self.config.learner.lr_scheduler,
+                              self.config.learner.warmup_steps, self.config.max_steps)
+        optimizer = _base_optimizer(self.engine)
+        optimizer.grad_scale = self.world_size / normalizer  # DeepSpeed averaged over ranks
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.step()
+        tokens = max(self._sums.get("tokens", 0.0), 1.0)
+        out = {"loss_sum": self._sums.get("loss_sum", 0.0), "normalizer": normalizer,
+               "entropy_sum": self._sums.get("entropy_sum", 0.0), "tokens": tokens,
+               "grad_norm": optimizer.last_grad_norm, "learning_rate": lr}
+        out.update({k[:-len("_weighted")]: v / tokens for k, v in self._sums.items() if k.endswith("_weighted")})
+        self._reset_step_totals()
+        return out
+
+    # --- weights and checkpoints ---------------------------------------------------------------
+
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """Full CPU weights for rollout engines (rank 0 only; gathered under ZeRO-3)."""
+        from rlkit.models import trainable_state_dict
+
+        with _gathered(self.engine, self.config.learner.zero_stage):
+            state = trainable_state_dict(self.engine.module) if self.rank == 0 else None
+        return state
+
+    def save_checkpoint(self, path: str, client_state: dict[str, Any]) -> None:
+        state = {"objective": self.objective.state_dict(), "torch_rng": torch.get_rng_state(), **client_state}
+        self.engine.save_checkpoint(path, tag="learner", client_state=state)
+
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        _, state = self.engine.load_checkpoint(path, tag="learner")
+        if state is None:
+            raise FileNotFoundError(f"no learner checkpoint in {path}")
+        self.objective.load_state_dict(state.pop("objective"))
+        torch.set_rng_state(state.pop("torch_rng"))
+        return state
+
+    def save_pretrained(self, path: str) -> None:
+        """The trained model in Hugging Face format (safetensors), LoRA merged."""
+        weights = self.export_weights()
+        if self.rank != 0:
+            return
+        from rlkit.models import load_model
+
+        model = load_model(self.config.model, trainable=False)
+        model.load_state_dict(weights)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _to_device(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    if device.type == "cpu":
+        return batch
+    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+    return TrainBatch(**fields)
+
+
+def _base_optimizer(engine) -> NormalizedAdamW:
+    optimizer = engine.optimizer
+    while not isinstance(optimizer, NormalizedAdamW):  # ZeRO wraps the client optimizer
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class _gathered:
+    """Context that materializes ZeRO-3 partitioned parameters (a no-op below stage 3)."""
+
+    def __init__(self, engine, stage: int):
+        self._ctx = None
+        if stage == 3:
+            import deepspeed
+
+            self._ctx = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+
+    def __enter__(self):
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)

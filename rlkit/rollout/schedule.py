@@ -1,0 +1,143 @@
+"""Moving groups from rollout workers to learners, one optimizer step at a time.
+
+One pipeline serves every schedule:
+
+* ``sync``: a step's generation finishes before its first micro-batch is trained.
+* ``periodic_async``: micro-batches go to the learners in completion order while later ones are
+  still generating; new weights reach the workers only at the step boundary, so every sample of
+  step k comes from policy k (on-policy, and equal to ``sync`` up to float summation order).
+* ``max_staleness = s > 0``: generation for steps up to k+s is submitted before step k trains,
+  so samples may come from a policy up to s versions old (bounded off-policy).
+
+Ray runs an actor's calls in submission order, which is what makes this simple: a
+``set_weights`` submitted after step k's generation calls applies to everything submitted later.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from rlkit.config import RLConfig
+from rlkit.data import RolloutGroup
+from rlkit.prompts import PromptSource
+
+
+@dataclass
+class StepOutput:
+    groups: list[RolloutGroup]
+    learner: dict[str, float]  # reduced over learner ranks
+    weight_sync_seconds: float
+    wait_seconds: float  # time the driver spent waiting for generation after the learners went idle
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def chunk_seed(seed: int, step: int, chunk: int) -> int:
+    """Sampling seed of one generation call; depends only on where the chunk sits in the run."""
+    return int(np.random.SeedSequence([seed, step, chunk]).generate_state(1)[0])
+
+
+class StepPipeline:
+    def __init__(self, config: RLConfig, workers: list, learners: list, source: PromptSource):
+        self.config = config
+        self.workers = workers
+        self.learners = learners
+        self.source = source
+        self.pending: dict[int, list[ray.ObjectRef]] = {}  # step -> generation calls, one per chunk
+        self.next_to_submit = 0
+
+    # --- producing -----------------------------------------------------------------------------
+
+    def _submit(self, step: int) -> None:
+        rollout, group_per_chunk = self.config.rollout, self.config.learner.micro_batch_groups
+        rows = self.source.take(rollout.prompts_per_step)
+        items = list(enumerate(rows))
+        refs = []
+        for c, start in enumerate(range(0, len(items), group_per_chunk)):
+            worker = self.workers[c % len(self.workers)]
+            refs.append(worker.generate_groups.remote(items[start:start + group_per_chunk],
+                                                      chunk_seed(self.config.seed, step, c)))
+        self.pending[step] = refs
+
+    def _fill(self, step: int) -> None:
+        last = min(step + self.config.rollout.max_staleness, self.config.max_steps - 1)
+        while self.next_to_submit <= last:
+            self._submit(self.next_to_submit)
+            self.next_to_submit += 1
+
+    # --- consuming -----------------------------------------------------------------------------
+
+    def run_step(self, step: int) -> StepOutput:
+        self._fill(step)
+        refs = self.pending.pop(step)
+        if self.config.rollout.schedule == "sync":
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        groups: list[RolloutGroup] = []
+        learner_calls = []
+        wait_seconds = 0.0
+        remaining = list(refs)
+        while remaining:
+            t0 = time.perf_counter()
+            if self.config.rollout.schedule == "sync":
+                ready, remaining = remaining[:1], remaining[1:]  # index order
+            else:
+                ready, remaining = ray.wait(remaining, num_returns=1)  # completion order
+            chunk = ray.get(ready[0])
+            wait_seconds += time.perf_counter() - t0
+            learner = self.learners[len(learner_calls) % len(self.learners)]
+            learner_calls.append(learner.train_micro_batch.remote(ready[0]))
+            groups.extend(chunk)
+        ray.get(learner_calls)
+        stats = {"num_sequences": sum(len(g.rollouts) for g in groups),
+                 "num_tokens": sum(g.num_tokens for g in groups)}
+        learner_out = _reduce(ray.get([l.step.remote(stats, step) for l in self.learners]))
+        sync_seconds = self._push_weights(step + 1)
+        groups.sort(key=lambda g: g.prompt_index)
+        return StepOutput(groups=groups, learner=learner_out, weight_sync_seconds=sync_seconds,
+                          wait_seconds=wait_seconds)
+
+    def _push_weights(self, version: int) -> float:
+        t0 = time.perf_counter()
+        exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
+        weights = exports[0]
+        ray.get([w.set_weights.remote(weights, version) for w in self.workers])
+        ray.get(exports[1:])
+        return time.perf_counter() - t0
+
+    def push_initial_weights(self, version: int) -> None:
+        self._push_weights(version)
+
+    # --- checkpoint state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Cursor and, off-policy, the groups already generated for later steps (kept exactly)."""
+        pending = {step: ray.get(refs) for step, refs in self.pending.items()}
+        return {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state["source"])
+        self.next_to_submit = state["next_to_submit"]
+        self.pending = {int(step): [ray.put(chunk) for chunk in chunks]
+                        for step, chunks in state["pending"].items()}
+
+
+def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
+    """Sum the sums over learner ranks; token-weight the per-token metrics."""
+    tokens = sum(o["tokens"] for o in outputs)
+    summed = ("loss_sum", "entropy_sum", "tokens")
+    first = outputs[0]
+    out = {k: sum(o[k] for o in outputs) for k in summed}
+    out["loss"] = out["loss_sum"] / first["normalizer"]
+    out["entropy"] = out["entropy_sum"] / max(tokens, 1.0)
+    for key in first:
+        if key in summed or key == "normalizer":
+            continue
+        if key in ("grad_norm", "learning_rate"):
+            out[key] = first[key]
+        else:
+            out[key] = sum(o[key] * o["tokens"] for o in outputs) / max(tokens, 1.0)
+    return out

@@ -1,0 +1,218 @@
+"""RLTrainer: the TRL-style front door, and the driver loop of a run.
+
+The driver holds no model. Each step it asks the pipeline for a trained step (generation on the
+rollout actors, loss and update on the learner actors), logs, evaluates and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from rlkit.config import ConfigError, RLConfig, apply_mapping
+from rlkit.prompts import PromptSource, check_rows, load_rows
+from rlkit.reward_runner import RewardFn
+from rlkit.runs import MetricsLogger, RunDirectory, TrainingProgress, plot_reward_curve, render_summary, write_summary
+
+
+class RLTrainer:
+    """Train a causal LM with verifiable rewards.
+
+    ``RLTrainer(model="tiny-arith", reward_funcs=[fn], args=RLConfig(...), train_dataset=rows)``
+    where a reward function has TRL's signature ``fn(prompts, completions, **columns)`` and
+    ``train_dataset`` is a ``datasets.Dataset`` or a list of dicts with a prompt column. Anything
+    left out comes from the config (its environment, its reward plugins, its data files).
+    """
+
+    def __init__(self, model: Any = None, reward_funcs: RewardFn | str | Sequence[RewardFn | str] | None = None,
+                 args: RLConfig | None = None, train_dataset: Any = None, eval_dataset: Any = None):
+        from rlkit.validation import validate
+
+        self.config = copy.deepcopy(args) if args is not None else RLConfig()
+        if isinstance(model, (str, Path)):
+            self.config.model.name_or_path = str(model)
+        elif model is not None:
+            raise TypeError("model must be a name, a local path or a hub id; save an in-memory model "
+                            "with save_pretrained() and pass its folder")
+        given = None
+        if reward_funcs is not None:
+            single = callable(reward_funcs) or isinstance(reward_funcs, str)
+            given = [reward_funcs] if single else list(reward_funcs)
+            self.config.rewards.funcs = [r for r in given if isinstance(r, str)]  # plugin refs get checked
+        validate(self.config)
+        self.env = _make_env(self.config)
+        self.reward_funcs = _reward_list(given, self.config, self.env)
+        self.train_rows = self._rows(train_dataset, self.config.data.train_file, "train")
+        self.eval_rows = self._rows(eval_dataset, self.config.data.eval_file, "eval")
+        if self.config.data.eval_limit:
+            self.eval_rows = self.eval_rows[: self.config.data.eval_limit]
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, overrides: dict[str, str] | None = None) -> "RLTrainer":
+        """Rebuild the trainer of an existing run folder (for ``--resume``)."""
+        from rlkit.config import apply_overrides
+
+        run = RunDirectory(run_dir)
+        config = RLConfig()
+        apply_mapping(config, run.load_config(), str(run.config_path))
+        apply_overrides(config, overrides or {})
+        config.output_dir = str(run.path)
+        return cls(args=config)
+
+    def _rows(self, dataset: Any, file: str | None, split: str) -> list[dict[str, Any]]:
+        if dataset is not None:
+            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset")
+        if file:
+            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data)
+        return check_rows(self.env.dataset(split), self.config.data, origin=f"environment {self.config.env.name}")
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy pass rate of the configured model on the eval rows, in this process (no Ray)."""
+        from rlkit.rollout.worker import RolloutWorker
+
+        worker = RolloutWorker(self.config, self.reward_funcs, threads=0)
+        return worker.evaluate(self.eval_rows, self.config.rewards.pass_threshold)
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        from rlkit.cluster import place_actors
+        from rlkit.rollout.schedule import StepPipeline
+
+        config = self.config
+        run = RunDirectory(config.output_dir or _default_run_dir(config))
+        config.output_dir = str(run.path)
+        run.create(config.to_dict(), resume=resume)
+        per_step = config.learner.micro_batch_groups * config.learner.num_learners
+        actors = place_actors(config, self.reward_funcs, config.rollout.prompts_per_step // per_step)
+        try:
+            source = PromptSource(self.train_rows, seed=config.seed, shuffle=config.data.shuffle)
+            pipeline = StepPipeline(config, actors.workers, actors.learners, source)
+            state = self._restore(run, actors, pipeline) if resume else {"step": 0}
+            pipeline.push_initial_weights(state["step"])
+            if "eval_before" not in state:
+                state["eval_before"] = self._evaluate(actors)["pass_rate"]
+            summary = self._loop(run, actors, pipeline, state)
+        finally:
+            actors.shutdown()
+        return summary
+
+    def _loop(self, run: RunDirectory, actors, pipeline, state: dict[str, Any]) -> dict[str, Any]:
+        config = self.config
+        started = time.perf_counter()
+        wall_before = state.get("wall_seconds", 0.0)
+        with MetricsLogger(run, tensorboard=config.logging.tensorboard) as logger, \
+                TrainingProgress(config.max_steps, start_step=state["step"], enabled=config.logging.progress) as bar:
+            if state["step"]:
+                logger.truncate_after(state["step"])
+            for step in range(state["step"], config.max_steps):
+                t0 = time.perf_counter()
+                out = pipeline.run_step(step)
+                metrics = step_metrics(out, step, time.perf_counter() - t0)
+                if config.eval_steps and (step + 1) % config.eval_steps == 0 and step + 1 < config.max_steps:
+                    metrics["eval_pass_rate"] = self._evaluate(actors)["pass_rate"]
+                logger.log(step + 1, metrics)
+                bar.update(step + 1, metrics)
+                state.update(step=step + 1, wall_seconds=wall_before + time.perf_counter() - started)
+                if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+                    self._checkpoint(run, actors, pipeline, state)
+        after = self._evaluate(actors)
+        ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners])
+        summary = {
+            "run_dir": str(run.path), "steps": state["step"],
+            "eval_pass_rate_before": state["eval_before"], "eval_pass_rate_after": after["pass_rate"],
+            "eval_rows": after["num_rows"], "wall_seconds": round(state["wall_seconds"], 2),
+            "objective": config.objective.name, "schedule": config.rollout.schedule,
+            "final_model": str(run.final_model_dir),
+        }
+        write_summary(run, summary)
+        if config.logging.plot:
+            plot_reward_curve(run.metrics_path, run.plot_path, title=f"{config.env.name} / {config.objective.name}")
+        render_summary(summary)
+        return summary
+
+    def _evaluate(self, actors) -> dict[str, float]:
+        return ray_get(actors.workers[0].evaluate.remote(self.eval_rows, self.config.rewards.pass_threshold))
+
+    def _checkpoint(self, run: RunDirectory, actors, pipeline, state: dict[str, Any]) -> None:
+        path = run.checkpoint_dir(state["step"])
+        path.mkdir(parents=True, exist_ok=True)
+        ray_get([a.save_checkpoint.remote(str(path), {"step": state["step"]}) for a in actors.learners])
+        driver = {"trainer": dict(state), "pipeline": pipeline.state_dict()}
+        with open(path / "driver.pkl", "wb") as f:
+            pickle.dump(driver, f)
+        run.mark_checkpoint_complete(state["step"])
+        run.prune_checkpoints(self.config.save_total_limit)
+
+    def _restore(self, run: RunDirectory, actors, pipeline) -> dict[str, Any]:
+        latest = run.latest_checkpoint()
+        if latest is None:
+            raise ConfigError(f"{run.path} has no complete checkpoint to resume from")
+        _, path = latest
+        ray_get([a.load_checkpoint.remote(str(path)) for a in actors.learners])
+        with open(path / "driver.pkl", "rb") as f:
+            driver = pickle.load(f)
+        pipeline.load_state_dict(driver["pipeline"])
+        return driver["trainer"]
+
+
+def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
+    """What one step logs: rewards and lengths from the groups, loss and entropy from the learners."""
+    import statistics
+
+    rewards = [r for g in out.groups for r in g.rewards]
+    lengths = [len(r.completion_ids) for g in out.groups for r in g.rollouts]
+    versions = [g.policy_version for g in out.groups]
+    learner = out.learner
+    metrics = {
+        "reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards),
+        "loss": learner["loss"], "entropy": learner["entropy"],
+        "completion_length": statistics.fmean(lengths),
+        "truncated_fraction": statistics.fmean(r.truncated for g in out.groups for r in g.rollouts),
+        "tokens_per_second": sum(lengths) / seconds, "step_seconds": seconds,
+        "policy_version": min(versions), "staleness": step - min(versions),
+        "weight_sync_seconds": out.weight_sync_seconds,
+        "solved_groups": sum(all(r > 0 for r in g.rewards) for g in out.groups) / len(out.groups),
+        "zero_variance_groups": sum(len(set(g.rewards)) == 1 for g in out.groups) / len(out.groups),
+    }
+    metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
+    return metrics
+
+
+def ray_get(refs):
+    import ray
+
+    return ray.get(refs)
+
+
+def _default_run_dir(config: RLConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{config.env.name}-{config.objective.name}-{stamp}")
+
+
+def _make_env(config: RLConfig):
+    from rlkit import plugins
+
+    env_class = plugins.envs.get(config.env.name)
+    try:
+        return env_class(**config.env.args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"env.args: {exc}") from exc
+
+
+def _reward_list(given, config: RLConfig, env) -> list[tuple[str, RewardFn | str]]:
+    """(name, function or plugin reference) pairs; references are resolved inside each worker."""
+    names = given or config.rewards.funcs or list(env.default_rewards)
+    if not names:
+        raise ConfigError(f"no reward functions: set rewards.funcs (environment {config.env.name!r} has no default)")
+    pairs = [(f, f) if isinstance(f, str) else (getattr(f, "__name__", f"reward_{i}"), f)
+             for i, f in enumerate(names)]
+    weights = config.rewards.weights
+    if weights is not None and len(weights) != len(pairs):
+        raise ConfigError(f"rewards.weights has {len(weights)} entries for {len(pairs)} reward functions")
+    return pairs
+

@@ -1,0 +1,134 @@
+"""Checks that need more than a field's type: choices, ranges, relations, plugins, paths.
+
+Everything here runs before Ray or any model starts, so a bad run fails in a second with a
+message naming the key, instead of minutes later inside an actor.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlkit.config import ConfigError
+
+if TYPE_CHECKING:
+    from rlkit.config import RLConfig
+
+CHOICES: dict[str, tuple] = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "rollout.schedule": ("sync", "periodic_async"),
+    "rollout.engine": ("hf",),
+    "learner.lr_scheduler": ("constant", "linear", "cosine"),
+    "learner.backend": ("auto", "gloo", "nccl"),
+    "learner.zero_stage": (0, 1, 2, 3),
+    "data.on_bad_row": ("error", "skip"),
+    "cluster.use_gpu": ("auto", "true", "false"),
+}
+
+MINIMUMS: dict[str, float] = {
+    "max_steps": 1, "save_steps": 0, "save_total_limit": 1, "eval_steps": 0,
+    "rollout.num_workers": 1, "rollout.num_generations": 2, "rollout.prompts_per_step": 1,
+    "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
+    "learner.micro_batch_groups": 1, "learner.num_learners": 1, "learner.warmup_steps": 0,
+    "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
+}
+
+
+def validate(config: RLConfig) -> None:
+    """Raise :class:`ConfigError` on the first problem found."""
+    _check_choices_and_ranges(config)
+    _check_relations(config)
+    _check_plugins(config)
+    _check_paths(config)
+
+
+def _get(config: RLConfig, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_choices_and_ranges(config: RLConfig) -> None:
+    for key, choices in CHOICES.items():
+        value = _get(config, key)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    for key, low in MINIMUMS.items():
+        value = _get(config, key)
+        if value < low:
+            raise ConfigError(f"{key}: must be >= {low}, got {value}")
+    if config.rollout.temperature <= 0:
+        raise ConfigError(f"rollout.temperature: must be > 0, got {config.rollout.temperature}")
+    if not 0 < config.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p: must be in (0, 1], got {config.rollout.top_p}")
+    if config.learner.learning_rate <= 0:
+        raise ConfigError(f"learner.learning_rate: must be > 0, got {config.learner.learning_rate}")
+
+
+def _check_relations(config: RLConfig) -> None:
+    rollout, learner = config.rollout, config.learner
+    per_step = learner.micro_batch_groups * learner.num_learners
+    if rollout.prompts_per_step % per_step:
+        raise ConfigError(
+            f"rollout.prompts_per_step ({rollout.prompts_per_step}) must be a multiple of "
+            f"learner.micro_batch_groups x learner.num_learners ({per_step}), so every learner gets "
+            f"the same number of whole groups")
+    if rollout.max_staleness > 0 and rollout.schedule == "sync":
+        raise ConfigError("rollout.max_staleness > 0 needs rollout.schedule: periodic_async "
+                          "(the sync schedule is on-policy by construction)")
+
+
+def _check_plugins(config: RLConfig) -> None:
+    from rlkit import plugins
+    from rlkit.objectives import objective_from_config
+
+    for name in config.rewards.funcs:
+        _lookup(plugins.rewards, name, "rewards.funcs")
+    env_class = _lookup(plugins.envs, config.env.name, "env.name")
+    _check_kwargs(env_class, config.env.args, "env.args")
+    try:
+        objective_from_config(config.objective.name, config.objective.params)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"objective: {exc}") from exc
+
+
+def _lookup(registry, name: str, key: str):
+    from rlkit.plugins import PluginNotFoundError
+
+    try:
+        return registry.get(name)
+    except PluginNotFoundError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
+def _check_kwargs(cls, kwargs: dict, key: str) -> None:
+    import difflib
+
+    params = inspect.signature(cls).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name in kwargs:
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1)
+            hint = f"; did you mean {key}.{close[0]}?" if close else f"; valid: {', '.join(params)}"
+            raise ConfigError(f"unknown key {key}.{name}{hint}")
+
+
+def _check_paths(config: RLConfig) -> None:
+    from rlkit.models import resolve_model_path
+
+    try:
+        resolve_model_path(config.model.name_or_path, check=True,
+                           trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.name_or_path: {exc}") from exc
+    for key in ("train_file", "eval_file"):
+        value = getattr(config.data, key)
+        if value and _looks_like_file(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"data.{key}: no such file {value}")
+
+
+def _looks_like_file(value: str) -> bool:
+    return value.endswith((".jsonl", ".json", ".parquet", ".csv")) or value.startswith(("/", ".", "~"))

@@ -1,0 +1,3 @@
+"""Built-in environments (installed as ``rlkit.envs``); they register like third-party ones."""
+
+from rlkit.envs import arith  # noqa: F401

@@ -17,7 +17,9 @@ app = typer.Typer(
     help="Reinforcement-learning post-training for language models.\n\n"
          "Run [bold]rlkit train[/bold] with no arguments to train the bundled tiny model on arithmetic.",
 )
-console = Console()
+# Piped output (CI logs, grep) gets wide lines instead of rich's 80-column default, so keys and
+# messages are never cut or wrapped mid-word.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 OVERRIDES_HELP = ("Any config key can follow as --section.key VALUE (e.g. --rollout.temperature 0.7 "
@@ -26,14 +28,27 @@ EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}")
+    from rich.text import Text
+
+    # the message is plain text (it may hold brackets); soft_wrap keeps it whole for grep and tests
+    err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
-@app.command(context_settings=EXTRA_ARGS, help=f"Train a policy. {OVERRIDES_HELP}")
+def _split_config(args: list[str]) -> tuple[Optional[Path], list[str]]:
+    """The optional leading CONFIG.yaml, then the overrides (click cannot mix the two itself)."""
+    if args and not args[0].startswith("--"):
+        return Path(args[0]), args[1:]
+    return None, args
+
+
+USAGE = "[CONFIG.yaml] [OPTIONS] [--section.key VALUE]..."
+
+
+@app.command(context_settings=EXTRA_ARGS, options_metavar=USAGE,
+             help=f"Train a policy. CONFIG.yaml is optional. {OVERRIDES_HELP}")
 def train(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Argument(None, help="YAML config file (optional)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from a shipped recipe "
                                          "(see `rlkit list recipes`); the config file and overrides apply on top."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its "
@@ -43,7 +58,8 @@ def train(
     from rlkit.trainer import RLTrainer
 
     try:
-        overrides = parse_override_args(list(ctx.args))
+        config, rest = _split_config(list(ctx.args))
+        overrides = parse_override_args(rest)
         if resume is not None:
             if config is not None or recipe is not None:
                 _fail("--resume takes its config from the run folder; drop the config file and --recipe")
@@ -57,11 +73,10 @@ def train(
         _fail(str(exc))
 
 
-@app.command(name="eval", context_settings=EXTRA_ARGS,
-             help=f"Greedy pass rate of a model on the held-out split. {OVERRIDES_HELP}")
+@app.command(name="eval", context_settings=EXTRA_ARGS, options_metavar=USAGE,
+             help=f"Greedy pass rate of a model on the held-out split. CONFIG.yaml is optional. {OVERRIDES_HELP}")
 def evaluate(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Argument(None, help="YAML config file (optional)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id "
                                         "(a run's `final/` folder, say); default: the config's model."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from a shipped recipe."),
@@ -70,7 +85,8 @@ def evaluate(
     from rlkit.trainer import RLTrainer
 
     try:
-        overrides = parse_override_args(list(ctx.args))
+        config, rest = _split_config(list(ctx.args))
+        overrides = parse_override_args(rest)
         if model:
             overrides["model.name_or_path"] = model
         result = RLTrainer(args=load_config(config, overrides, recipe)).evaluate()
@@ -88,7 +104,7 @@ def list_(what: str = typer.Argument(..., help="objectives | rewards | envs | re
     registries = {"objectives": plugins.objectives, "rewards": plugins.rewards, "envs": plugins.envs}
     table = Table(show_header=True, header_style="bold")
     if what in registries:
-        table.add_column("name")
+        table.add_column("name", no_wrap=True)
         table.add_column("from")
         table.add_column("about")
         for entry in registries[what].entries():
@@ -99,7 +115,8 @@ def list_(what: str = typer.Argument(..., help="objectives | rewards | envs | re
         for name in recipe_names():
             table.add_row(name, _first_line(_yaml_comment(recipe_path(name))))
     elif what == "keys":
-        for column in ("key", "type", "default", "meaning"):
+        table.add_column("key", no_wrap=True)
+        for column in ("type", "default", "meaning"):
             table.add_column(column)
         for key, type_name, default, text in describe_fields():
             table.add_row(key, type_name, repr(default), text)

@@ -142,7 +142,7 @@ _TOP_LEVEL_HELP = {
     "output_dir": "run folder (default runs/<env>-<objective>-<time>)",
     "seed": "seed for data order, sampling and initialization",
     "max_steps": "optimizer steps to train",
-    "save_steps": "write a checkpoint every N steps (0 = only at the end)",
+    "save_steps": "write a checkpoint every N steps (0 = none; the final model is always exported)",
     "save_total_limit": "checkpoints kept on disk",
     "eval_steps": "evaluate the held-out pass rate every N steps (0 = before and after only)",
 }

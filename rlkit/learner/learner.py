@@ -124,7 +124,7 @@ class Learner:
         lr = learning_rate_at(step_index, self.config.learner.learning_rate, self.config.learner.lr_scheduler,
                               self.config.learner.warmup_steps, self.config.max_steps)
         optimizer = _base_optimizer(self.engine)
-        optimizer.grad_scale = self.world_size / normalizer  # DeepSpeed averaged over ranks
+        optimizer.gradient_multiplier = self.world_size / normalizer  # DeepSpeed averaged over ranks
         for group in optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()

@@ -16,11 +16,11 @@ import torch.distributed as dist
 
 
 class NormalizedAdamW(torch.optim.AdamW):
-    """AdamW that first scales gradients by ``grad_scale`` and clips their global norm."""
+    """AdamW that first scales gradients by ``gradient_multiplier`` and clips their global norm."""
 
     def __init__(self, params, *, max_grad_norm: float, partitioned: bool, **kwargs):
         super().__init__(params, **kwargs)
-        self.grad_scale = 1.0
+        self.gradient_multiplier = 1.0
         self.max_grad_norm = max_grad_norm
         self.partitioned = partitioned  # True when each rank holds only a slice of the gradients
         self.last_grad_norm = 0.0
@@ -29,7 +29,7 @@ class NormalizedAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         if grads:
-            torch._foreach_mul_(grads, self.grad_scale)
+            torch._foreach_mul_(grads, self.gradient_multiplier)
             norm_sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
         else:
             norm_sq = torch.zeros(())

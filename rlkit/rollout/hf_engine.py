@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns); use what is installed
+CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -61,7 +65,7 @@ class HFEngine:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
                           top_k=params.top_k)
         if shared:
-            kwargs["past_key_values"] = self._prefill(ids[:, :-1], mask[:, :-1], n)
+            kwargs[CACHE_KWARG] = self._prefill(ids[:, :-1], mask[:, :-1], n)
         out = self.model.generate(input_ids=ids.repeat_interleave(n, dim=0), **kwargs)
         completions = out.sequences[:, ids.shape[1]:]
         logprobs, entropies = _score_samples(out.scores, completions) if not params.greedy else (None, None)
@@ -70,8 +74,8 @@ class HFEngine:
 
     def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, n: int):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           use_cache=True).past_key_values
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = getattr(out, CACHE_KWARG)
         cache.batch_repeat_interleave(n)
         return cache
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import ray
@@ -32,6 +31,19 @@ def _use_gpu(config: RLConfig) -> bool:
     return config.cluster.use_gpu == "true"
 
 
+def _keep_on_loopback() -> None:
+    """An in-process cluster serves this machine only: keep Ray's servers on 127.0.0.1.
+
+    On Linux Ray otherwise binds them to the machine's network address. This is Ray's own switch
+    for single-machine platforms: the variable for the processes Ray starts, the constant for this
+    one (the driver reads it when ``ray.init`` resolves its address).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def start_ray(config: RLConfig) -> bool:
     """Join ``cluster.address`` or start an in-process cluster; True when we started it."""
     if ray.is_initialized():
@@ -40,6 +52,7 @@ def start_ray(config: RLConfig) -> bool:
     if config.cluster.address:
         ray.init(address=config.cluster.address, runtime_env=env, logging_level="ERROR")
         return True
+    _keep_on_loopback()
     actors = config.learner.num_learners + config.rollout.num_workers
     # Actors each take one CPU; on a small machine tell Ray there are enough so they all start
     # (they then share the cores, which is what we want for a laptop-sized run).
@@ -47,12 +60,6 @@ def start_ray(config: RLConfig) -> bool:
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", runtime_env=env,
              configure_logging=True, log_to_driver=True)
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) -> Actors:
@@ -63,14 +70,19 @@ def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) ->
     started = start_ray(config)
     gpu = 1 if _use_gpu(config) else 0
     world = config.learner.num_learners
-    master_addr = ray.util.get_node_ip_address() if config.cluster.address else "127.0.0.1"
-    port = free_port()
     learner_cls = ray.remote(num_cpus=1, num_gpus=gpu, max_restarts=0)(Learner)
-    learners = [learner_cls.remote(config, rank=r, world_size=world, master_addr=master_addr,
-                                   master_port=port, steps_per_update=steps_per_update)
+    learners = [learner_cls.remote(config, rank=r, world_size=world, steps_per_update=steps_per_update)
                 for r in range(world)]
     worker_cls = ray.remote(num_cpus=1, num_gpus=gpu, max_restarts=3)(RolloutWorker)
     workers = [worker_cls.remote(config, reward_funcs) for _ in range(config.rollout.num_workers)]
-    # surface constructor errors (bad model, DeepSpeed failure) here, with the actor's traceback
-    ray.get([a.__ray_ready__.remote() for a in learners + workers])
-    return Actors(learners=learners, workers=workers, started_ray=started)
+    actors = Actors(learners=learners, workers=workers, started_ray=started)
+    try:
+        # ranks meet on the machine Ray gave rank 0, which on a cluster need not be the driver's
+        address = ray.get(learners[0].rendezvous_address.remote(loopback=not config.cluster.address))
+        # surface constructor errors (bad model, DeepSpeed failure) here, with the actor's traceback
+        ray.get([learner.connect.remote(*address) for learner in learners]
+                + [worker.__ray_ready__.remote() for worker in workers])
+    except BaseException:
+        actors.shutdown()
+        raise
+    return actors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,7 +94,8 @@ class RolloutConfig:
 
 @dataclass
 class LearnerConfig:
-    learning_rate: float = _help("AdamW learning rate", default=1e-3)
+    learning_rate: float = _help(
+        "AdamW learning rate; 3e-4 suits the bundled tiny model, real LLMs want about 1e-6", default=3e-4)
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     adam_beta1: float = _help("AdamW beta1", default=0.9)
     adam_beta2: float = _help("AdamW beta2", default=0.99)
@@ -159,8 +161,8 @@ class RLConfig:
 
     output_dir: str | None = _help(_TOP_LEVEL_HELP["output_dir"], default=None)
     seed: int = _help(_TOP_LEVEL_HELP["seed"], default=0)
-    max_steps: int = _help(_TOP_LEVEL_HELP["max_steps"], default=40)
-    save_steps: int = _help(_TOP_LEVEL_HELP["save_steps"], default=10)
+    max_steps: int = _help(_TOP_LEVEL_HELP["max_steps"], default=300)
+    save_steps: int = _help(_TOP_LEVEL_HELP["save_steps"], default=50)
     save_total_limit: int = _help(_TOP_LEVEL_HELP["save_total_limit"], default=2)
     eval_steps: int = _help(_TOP_LEVEL_HELP["eval_steps"], default=0)
     model: ModelConfig = _help("model and tokenizer", default_factory=ModelConfig)
@@ -319,6 +321,9 @@ def _coerce(value: Any, tp: Any, full: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        number = float_from_text(value)
+        if number is not None:
+            return number
         raise bad
     if tp is str:
         if isinstance(value, str):
@@ -327,6 +332,17 @@ def _coerce(value: Any, tp: Any, full: str, where: str) -> Any:
             return str(value)
         raise bad
     return value
+
+
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def float_from_text(value: Any) -> float | None:
+    """``"3e-4"`` -> 3e-4. YAML 1.1 (PyYAML) reads exponents without a dot as strings; a float
+    field takes them, but nothing else that merely looks numeric ("nan", "1,5")."""
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return None
 
 
 def _parse_cli_value(raw: str) -> Any:

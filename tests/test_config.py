@@ -25,11 +25,23 @@ def test_flat_trl_names_route_to_their_sections():
 
 def test_precedence_defaults_recipe_file_overrides(tmp_path):
     path = write(tmp_path, "rollout:\n  temperature: 0.9\n  num_generations: 4\nobjective:\n  name: grpo\n  beta: 0.02\n")
-    config = load_config(path, {"rollout.temperature": "0.5"}, recipe="grpo-arith")
+    config = load_config(path, {"rollout.temperature": "0.5"}, recipe="grpo-arith-zero2")
     assert config.rollout.temperature == 0.5  # override beats file
     assert config.rollout.num_generations == 4  # file beats recipe (8)
-    assert config.learner.learning_rate == 1e-3  # from the recipe
+    assert config.learner.zero_stage == 2 and config.learner.num_learners == 2  # from the recipe
     assert config.objective.params["beta"] == 0.02
+
+
+def test_exponent_floats_are_read_as_numbers_where_a_float_is_expected():
+    # YAML 1.1 reads "3e-4" (no dot) as a string; a float field still takes it, a str field keeps it
+    config = load_config(None, {"learner.learning_rate": "3e-4", "objective.epsilon": "2E-1",
+                                "model.dtype": "float32"})
+    assert config.learner.learning_rate == 3e-4
+    from rlkit.objectives import objective_from_config
+
+    assert objective_from_config("grpo", config.objective.params).config.epsilon == 0.2
+    with pytest.raises(ConfigError, match="learner.learning_rate.*expected float"):
+        load_config(None, {"learner.learning_rate": "nan"})
 
 
 def test_override_parsing_forms():

@@ -225,7 +225,7 @@ def test_bad_loss_type_lists_the_choices():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"epsilon": "0.2"}, r"epsilon: expected float, got '0.2' \(str\)"),
+    ({"epsilon": "0.2x"}, r"epsilon: expected float, got '0.2x' \(str\)"),
     ({"epsilon_high": "high"}, r"epsilon_high: expected float \| None"),
     ({"scale_rewards": 1}, r"scale_rewards: expected bool"),
     ({"beta": True}, r"beta: expected float"),

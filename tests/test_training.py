@@ -37,15 +37,20 @@ def same_curves(a: list[dict], b: list[dict], keys=("reward_mean", "loss", "entr
 
 
 def test_seeded_run_improves_the_held_out_pass_rate(tmp_path):
-    summary, metrics = train(tmp_path, "learn", max_steps="20", save_steps="10")
-    assert summary["steps"] == 20
+    # the default config, a third of the default length, on all 200 held-out problems
+    summary, metrics = train(tmp_path, "learn", max_steps="100", save_steps="50",
+                             **{"data.eval_limit": "0", "logging.plot": "true", "logging.tensorboard": "true"})
+    assert summary["steps"] == 100 and summary["eval_rows"] == 200
     assert summary["eval_pass_rate_after"] >= summary["eval_pass_rate_before"] + 0.08
-    assert [m["step"] for m in metrics] == list(range(1, 21))
+    early, late = (sum(m["reward_mean"] for m in part) / 20 for part in (metrics[:20], metrics[-20:]))
+    assert late >= early + 0.03  # the sampled reward rises too, not just the greedy answer
+    assert [m["step"] for m in metrics] == list(range(1, 101))
     assert {"reward_mean", "loss", "entropy", "tokens_per_second", "policy_version"} <= set(metrics[0])
     assert all(m["policy_version"] == m["step"] - 1 for m in metrics)  # on-policy: version k trains step k
     run = Path(summary["run_dir"])
     assert (run / "final" / "model.safetensors").is_file()
-    assert (run / "checkpoints" / "step-000010" / "COMPLETE").is_file()
+    assert (run / "checkpoints" / "step-000050" / "COMPLETE").is_file()
+    assert (run / "reward_curve.png").stat().st_size > 0 and any((run / "tb").iterdir())
     assert json.loads((run / "summary.json").read_text())["eval_pass_rate_after"] == summary["eval_pass_rate_after"]
     from transformers import AutoModelForCausalLM
 
@@ -100,3 +105,54 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
     metrics = read_metrics(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, 7))
     same_curves(straight, metrics, keys=("reward_mean", "loss", "entropy", "policy_version"), tol=1e-6)
+
+
+def test_python_api_with_a_trl_style_reward_and_an_in_memory_dataset(tmp_path):
+    from rlkit import RLConfig
+
+    def digits_reward(prompts, completions, answer, level, **kwargs):  # TRL's signature, extra columns
+        assert set(level) == {"easy"} and len(prompts) == len(completions) == len(answer)
+        return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+    from rlkit.envs.arith import ArithEnv
+
+    rows = [{**row, "level": "easy"} for row in ArithEnv().dataset("train")[:64]]  # plain dicts, one more column
+    trainer = RLTrainer(model="tiny-arith", reward_funcs=[digits_reward],
+                        args=RLConfig(max_steps=2, num_generations=4, prompts_per_step=8, micro_batch_groups=4,
+                                      output_dir=str(tmp_path / "api"), save_steps=0, progress=False, plot=False,
+                                      tensorboard=False),
+                        train_dataset=rows, eval_dataset=rows[:20])
+    summary = trainer.train()
+    metrics = read_metrics(tmp_path / "api" / "metrics.jsonl")
+    assert summary["steps"] == 2 and summary["eval_rows"] == 20
+    assert len(metrics) == 2 and 0.0 < metrics[0]["reward_mean"] < 1.0  # the user's reward really scored
+
+
+def test_a_rollout_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_path):
+    from rlkit import RLConfig
+    from rlkit.envs.arith import ArithEnv
+
+    calls = tmp_path / "reward_calls"
+
+    def exact_then_die_once(prompts, completions, answer, **kwargs):
+        # runs inside the rollout worker: the 40th call (step 2 of 3) kills that process outright
+        with open(calls, "a") as f:
+            f.write("x")
+        if calls.stat().st_size == 40:
+            os._exit(1)
+        return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+    def exact(prompts, completions, answer, **kwargs):
+        return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+    env = ArithEnv()
+    results = {}
+    for name, reward in (("steady", exact), ("crashing", exact_then_die_once)):
+        config = RLConfig(max_steps=3, save_steps=0, output_dir=str(tmp_path / name), progress=False, plot=False,
+                          tensorboard=False)
+        RLTrainer(reward_funcs=[reward], args=config, train_dataset=env.dataset("train")[:500],
+                  eval_dataset=env.dataset("eval")[:20]).train()
+        results[name] = read_metrics(tmp_path / name / "metrics.jsonl")
+    assert calls.stat().st_size > 40  # the worker died and came back
+    same_curves(results["steady"], results["crashing"], keys=("reward_mean", "loss", "entropy", "policy_version"),
+                tol=1e-6)

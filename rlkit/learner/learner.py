@@ -22,17 +22,38 @@ from rlkit.objectives import PolicyBatch, StepStats, objective_from_config
 
 
 class Learner:
-    def __init__(self, config: RLConfig, *, rank: int, world_size: int, master_addr: str, master_port: int,
-                 steps_per_update: int, threads: int = 1):
-        import deepspeed
+    """Built in two calls so that ranks can meet on rank 0's machine, wherever Ray placed it:
+    ``Learner(...)``, then rank 0's :meth:`rendezvous_address`, then :meth:`connect` on every rank."""
 
+    def __init__(self, config: RLConfig, *, rank: int, world_size: int, steps_per_update: int, threads: int = 1):
         torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0",
-                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         self.config = config
         self.rank, self.world_size = rank, world_size
+        self.steps_per_update = steps_per_update
         self.device = _device()
+
+    def rendezvous_address(self, loopback: bool) -> tuple[str, int]:
+        """An address of this machine the other ranks can reach, and a free port on it."""
+        import socket
+
+        if loopback:
+            host = "127.0.0.1"
+        else:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return host, s.getsockname()[1]
+
+    def connect(self, master_addr: str, master_port: int) -> None:
+        """Join the process group, load the model(s) and build the DeepSpeed engine."""
+        import deepspeed
+
+        config = self.config
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         backend = config.learner.backend
         if backend == "auto":
             backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -49,8 +70,7 @@ class Learner:
         if self.objective.needs_reference():
             self.reference = load_model(config.model, trainable=False).to(self.device).eval()
             self.reference.requires_grad_(False)
-        self.engine = self._initialize(deepspeed, model, steps_per_update)
-        self.steps_per_update = steps_per_update
+        self.engine = self._initialize(deepspeed, model, self.steps_per_update)
         self._reset_step_totals()
 
     def _initialize(self, deepspeed, model, steps_per_update: int):

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from rlkit.config import float_from_text
+
 
 @dataclass
 class PolicyBatch:
@@ -133,6 +135,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         if option in (int, float):
             if _is_number(value, option):
                 return option(value)
+            if option is float and float_from_text(value) is not None:
+                return float_from_text(value)
         elif typing.get_origin(option) is typing.Literal:
             if value in typing.get_args(option):
                 return value

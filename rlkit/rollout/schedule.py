@@ -11,10 +11,16 @@ One pipeline serves every schedule:
 
 Ray runs an actor's calls in submission order, which is what makes this simple: a
 ``set_weights`` submitted after step k's generation calls applies to everything submitted later.
+
+A rollout worker that dies (a crashed reward, an out-of-memory kill) is restarted by Ray with
+its initial weights; the pipeline loads the current weights into it and submits the lost chunk
+again with the same sampling seed, so no group is lost or trained twice and the run goes on as
+if nothing had happened.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +42,20 @@ class StepOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_CHUNK_RETRIES = 3  # attempts after a worker death; rollout actors restart up to 3 times
+
+
+@dataclass
+class Chunk:
+    """One generation call: the prompts it covers and how to submit it again if its worker dies."""
+
+    ref: ray.ObjectRef
+    items: list[tuple[int, dict[str, Any]]] | None = None  # None for groups restored from a checkpoint
+    seed: int = 0
+    worker: int = 0
+    retries: int = 0
+
+
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
     """Sampling seed of one generation call; depends only on where the chunk sits in the run."""
     return int(np.random.SeedSequence([seed, step, chunk]).generate_state(1)[0])
@@ -47,8 +67,10 @@ class StepPipeline:
         self.workers = workers
         self.learners = learners
         self.source = source
-        self.pending: dict[int, list[ray.ObjectRef]] = {}  # step -> generation calls, one per chunk
+        self.pending: dict[int, list[Chunk]] = {}  # step -> generation calls, one per chunk
         self.next_to_submit = 0
+        self.weights: ray.ObjectRef | None = None  # the latest exported weights, for restarted workers
+        self.version = 0
 
     # --- producing -----------------------------------------------------------------------------
 
@@ -56,12 +78,12 @@ class StepPipeline:
         rollout, group_per_chunk = self.config.rollout, self.config.learner.micro_batch_groups
         rows = self.source.take(rollout.prompts_per_step)
         items = list(enumerate(rows))
-        refs = []
+        chunks = []
         for c, start in enumerate(range(0, len(items), group_per_chunk)):
-            worker = self.workers[c % len(self.workers)]
-            refs.append(worker.generate_groups.remote(items[start:start + group_per_chunk],
-                                                      chunk_seed(self.config.seed, step, c)))
-        self.pending[step] = refs
+            part = items[start:start + group_per_chunk]
+            seed, worker = chunk_seed(self.config.seed, step, c), c % len(self.workers)
+            chunks.append(Chunk(self.workers[worker].generate_groups.remote(part, seed), part, seed, worker))
+        self.pending[step] = chunks
 
     def _fill(self, step: int) -> None:
         last = min(step + self.config.rollout.max_staleness, self.config.max_steps - 1)
@@ -73,24 +95,25 @@ class StepPipeline:
 
     def run_step(self, step: int) -> StepOutput:
         self._fill(step)
-        refs = self.pending.pop(step)
+        chunks = {chunk.ref: chunk for chunk in self.pending.pop(step)}
         if self.config.rollout.schedule == "sync":
-            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+            ray.wait(list(chunks), num_returns=len(chunks), fetch_local=False)
         groups: list[RolloutGroup] = []
         learner_calls = []
         wait_seconds = 0.0
-        remaining = list(refs)
+        remaining = list(chunks)
         while remaining:
             t0 = time.perf_counter()
             if self.config.rollout.schedule == "sync":
                 ready, remaining = remaining[:1], remaining[1:]  # index order
             else:
                 ready, remaining = ray.wait(remaining, num_returns=1)  # completion order
-            chunk = ray.get(ready[0])
+            chunk = chunks[ready[0]]
+            chunk_groups = self._result(chunk)
             wait_seconds += time.perf_counter() - t0
             learner = self.learners[len(learner_calls) % len(self.learners)]
-            learner_calls.append(learner.train_micro_batch.remote(ready[0]))
-            groups.extend(chunk)
+            learner_calls.append(learner.train_micro_batch.remote(chunk.ref))
+            groups.extend(chunk_groups)
         ray.get(learner_calls)
         stats = {"num_sequences": sum(len(g.rollouts) for g in groups),
                  "num_tokens": sum(g.num_tokens for g in groups)}
@@ -100,11 +123,28 @@ class StepPipeline:
         return StepOutput(groups=groups, learner=learner_out, weight_sync_seconds=sync_seconds,
                           wait_seconds=wait_seconds)
 
+    def _result(self, chunk: Chunk) -> list[RolloutGroup]:
+        """The chunk's groups; if its worker died, reload the weights into it and generate again."""
+        while True:
+            try:
+                return ray.get(chunk.ref)
+            except ray.exceptions.RayActorError as exc:
+                if chunk.items is None or chunk.retries >= MAX_CHUNK_RETRIES:
+                    raise RuntimeError(f"rollout worker {chunk.worker} died {chunk.retries + 1} times "
+                                       f"generating the same prompts; giving up") from exc
+                chunk.retries += 1
+                print(f"warning: rollout worker {chunk.worker} died ({type(exc).__name__}); restarted, "
+                      f"regenerating its {len(chunk.items)} prompts (retry {chunk.retries})",
+                      file=sys.stderr, flush=True)
+                worker = self.workers[chunk.worker]
+                worker.set_weights.remote(self.weights, self.version)  # a restarted actor has initial weights
+                chunk.ref = worker.generate_groups.remote(chunk.items, chunk.seed)
+
     def _push_weights(self, version: int) -> float:
         t0 = time.perf_counter()
         exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
-        weights = exports[0]
-        ray.get([w.set_weights.remote(weights, version) for w in self.workers])
+        self.weights, self.version = exports[0], version
+        ray.get([w.set_weights.remote(self.weights, version) for w in self.workers])
         ray.get(exports[1:])
         return time.perf_counter() - t0
 
@@ -115,13 +155,13 @@ class StepPipeline:
 
     def state_dict(self) -> dict[str, Any]:
         """Cursor and, off-policy, the groups already generated for later steps (kept exactly)."""
-        pending = {step: ray.get(refs) for step, refs in self.pending.items()}
+        pending = {step: [self._result(chunk) for chunk in chunks] for step, chunks in self.pending.items()}
         return {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
         self.next_to_submit = state["next_to_submit"]
-        self.pending = {int(step): [ray.put(chunk) for chunk in chunks]
+        self.pending = {int(step): [Chunk(ray.put(groups)) for groups in chunks]
                         for step, chunks in state["pending"].items()}
 
 

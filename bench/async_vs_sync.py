@@ -4,8 +4,11 @@
     python bench/async_vs_sync.py --steps 20 --set rollout.num_workers=2
 
 Prints the training-loop wall time of each schedule (start-up and evaluation excluded), the
-throughput ratio, and how far apart their learning curves are (they should match: both are
-on-policy and see the same samples). Writes the figures to bench/results/async_vs_sync.json.
+throughput ratio, how far apart their learning curves are (they should match: both are
+on-policy and see the same samples), and the share of each step the learner was busy: overlap
+can hide generation behind training, so once that share nears 1 the pipeline is learner-bound
+and only a faster learner makes it faster. Writes the figures to
+bench/results/async_vs_sync[-LABEL].json.
 """
 
 from __future__ import annotations
@@ -33,10 +36,16 @@ def run(schedule: str, steps: int, extra: dict[str, str], out: Path) -> dict:
             "tokens": sum(m["tokens_per_second"] * m["step_seconds"] for m in metrics)}
 
 
+def busy_fraction(metrics: list[dict]) -> float:
+    """Learner compute time over wall time, summed over the steps."""
+    return sum(m["learner_seconds"] for m in metrics) / sum(m["step_seconds"] for m in metrics)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,10 +64,12 @@ def main() -> None:
         "max_reward_mean_gap": reward_gap, "max_loss_gap": loss_gap,
         "sync_step_seconds_median": statistics.median(m["step_seconds"] for m in sync["metrics"]),
         "periodic_step_seconds_median": statistics.median(m["step_seconds"] for m in periodic["metrics"]),
+        "sync_learner_busy_fraction": round(busy_fraction(sync["metrics"]), 3),
+        "periodic_async_learner_busy_fraction": round(busy_fraction(periodic["metrics"]), 3),
     }
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "async_vs_sync.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"async_vs_sync{'-' + args.label if args.label else ''}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"\nperiodic_async is {ratio:.2f}x the throughput of sync "
           f"(same samples: max reward gap {reward_gap:.2e}, max loss gap {loss_gap:.2e})")

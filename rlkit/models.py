@@ -13,6 +13,16 @@ if TYPE_CHECKING:
 ASSETS_DIR = Path(__file__).parent / "assets"
 BUNDLED_MODELS = {"tiny-arith": ASSETS_DIR / "tiny-arith"}
 
+def _cache_kwarg() -> str:
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+# transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns): the name of the
+# KV-cache argument of forward/generate and of the output field, as installed
+CACHE_KWARG = _cache_kwarg()
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -9,6 +9,7 @@ The driver wraps this class in a Ray actor; nothing here knows about Ray.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ class Learner:
 
     def train_micro_batch(self, groups: list[RolloutGroup]) -> dict[str, float]:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`."""
+        started = time.perf_counter()
         batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
         policy = self._policy_batch(batch)
         loss_sum, metrics = self.objective.loss_sum(policy)
@@ -109,6 +111,7 @@ class Learner:
         self._micro_batches += 1
         tokens = batch.num_tokens
         self._accumulate({"loss_sum": loss_sum.item(), "tokens": tokens,
+                          "learner_seconds": time.perf_counter() - started,
                           "entropy_sum": float((policy.entropy * policy.mask).sum()),
                           **{f"{k}_weighted": v * tokens for k, v in metrics.items()}})
         return {"tokens": tokens, "sequences": batch.num_sequences}
@@ -116,7 +119,9 @@ class Learner:
     def _policy_batch(self, batch: TrainBatch) -> PolicyBatch:
         temperature = self.config.rollout.temperature
         batch = _to_device(batch, self.device)
-        logprobs, entropy = policy_logprobs(self.engine, batch, temperature, with_entropy=True)
+        # transformers turns the KV cache off under gradient checkpointing; then score the long way
+        share = not self.config.learner.gradient_checkpointing
+        logprobs, entropy = policy_logprobs(self.engine, batch, temperature, with_entropy=True, share_prompts=share)
         ref = None
         if self.reference is not None:
             with torch.no_grad():
@@ -150,6 +155,7 @@ class Learner:
         self.engine.step()
         tokens = max(self._sums.get("tokens", 0.0), 1.0)
         out = {"loss_sum": self._sums.get("loss_sum", 0.0), "normalizer": normalizer,
+               "learner_seconds": self._sums.get("learner_seconds", 0.0),
                "entropy_sum": self._sums.get("entropy_sum", 0.0), "tokens": tokens,
                "grad_norm": optimizer.last_grad_norm, "learning_rate": lr}
         out.update({k[:-len("_weighted")]: v / tokens for k, v in self._sums.items() if k.endswith("_weighted")})

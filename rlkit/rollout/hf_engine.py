@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-# transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns); use what is installed
-CACHE_KWARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+from rlkit.models import CACHE_KWARG
 
 
 @dataclass

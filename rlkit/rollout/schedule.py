@@ -169,6 +169,7 @@ def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
     """Sum the sums over learner ranks; token-weight the per-token metrics."""
     tokens = sum(o["tokens"] for o in outputs)
     summed = ("loss_sum", "entropy_sum", "tokens")
+    busiest = ("learner_seconds", "grad_norm", "learning_rate")  # the same on every rank, or the slowest rank
     first = outputs[0]
     out = {k: sum(o[k] for o in outputs) for k in summed}
     out["loss"] = out["loss_sum"] / first["normalizer"]
@@ -176,8 +177,8 @@ def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
     for key in first:
         if key in summed or key == "normalizer":
             continue
-        if key in ("grad_norm", "learning_rate"):
-            out[key] = first[key]
+        if key in busiest:
+            out[key] = max(o[key] for o in outputs)
         else:
             out[key] = sum(o[key] * o["tokens"] for o in outputs) / max(tokens, 1.0)
     return out

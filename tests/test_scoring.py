@@ -1,0 +1,62 @@
+"""The learner's log-probs: sharing a group's prompt changes the compute, not the numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlkit.config import ModelConfig
+from rlkit.data import Rollout, RolloutGroup, TrainBatch
+from rlkit.learner.scoring import policy_logprobs
+from rlkit.models import load_model, load_tokenizer
+
+
+def rollout(ids: list[int]) -> Rollout:
+    return Rollout(completion_ids=ids, behavior_logprobs=[0.0] * len(ids), entropies=[0.0] * len(ids),
+                   text="", truncated=False)
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    tokenizer = load_tokenizer(ModelConfig())
+    model = load_model(ModelConfig())
+    encode = lambda text: tokenizer(text)["input_ids"]  # noqa: E731
+    eos = tokenizer.eos_token_id
+    # prompts of different lengths (left padding), completions of different lengths (right padding)
+    groups = [
+        RolloutGroup(0, "7+5=", encode("7+5="), {}, [rollout(encode("12") + [eos]), rollout(encode("1")),
+                                                       rollout(encode("13") + [eos])], 0),
+        RolloutGroup(1, "123+456=", encode("123+456="), {}, [rollout(encode("579") + [eos]), rollout(encode("5")),
+                                                             rollout([eos])], 0),
+    ]
+    return model, TrainBatch.from_groups(groups, tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prompt_scoring_equals_the_full_forward_in_values_and_gradients(model_and_batch, temperature):
+    model, batch = model_and_batch
+    results = {}
+    for share in (False, True):
+        model.zero_grad()
+        logprobs, entropy = policy_logprobs(model, batch, temperature, with_entropy=True, share_prompts=share)
+        (logprobs * batch.completion_mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results[share] = (logprobs.detach(), entropy, grads)
+    mask = batch.completion_mask.bool()
+    full, shared = results[False], results[True]
+    torch.testing.assert_close(shared[0][mask], full[0][mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[1][mask], full[1][mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[2], full[2], atol=1e-4, rtol=1e-3)  # sums over many tokens
+    assert full[2].abs().sum() > 0  # there was a gradient to compare
+
+
+def test_log_probs_match_a_direct_computation(model_and_batch):
+    model, batch = model_and_batch
+    logprobs, _ = policy_logprobs(model, batch, 1.0)
+    # row 3: prompt "123+456=" then "579<eos>"; score its tokens one by one with an unpadded forward
+    prompt = batch.prompt_ids[3][batch.prompt_mask[3].bool()].tolist()
+    completion = batch.completion_ids[3][:4].tolist()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0]
+    expected = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1).gather(-1, torch.tensor(completion)[:, None])
+    torch.testing.assert_close(logprobs[3, :4].detach(), expected.squeeze(-1), atol=2e-5, rtol=1e-5)

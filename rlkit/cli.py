@@ -67,10 +67,12 @@ def train(
         else:
             trainer = RLTrainer(args=load_config(config, overrides, recipe))
         trainer.train(resume=resume is not None)
-    except ConfigError as exc:
+    except (ConfigError, FileExistsError) as exc:
         _fail(str(exc))
-    except FileExistsError as exc:
-        _fail(str(exc))
+    except FileNotFoundError as exc:
+        if resume is None:
+            raise
+        _fail(str(exc))  # --resume of a folder that is not a run
 
 
 @app.command(name="eval", context_settings=EXTRA_ARGS, options_metavar=USAGE,

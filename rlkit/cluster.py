@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import ray
 
-from rlkit.config import RLConfig
+from rlkit.config import ConfigError, RLConfig
 
 
 @dataclass
@@ -62,18 +63,49 @@ def start_ray(config: RLConfig) -> bool:
     return True
 
 
+def gpu_shares(gpus: float, learners: int, workers: int) -> tuple[float, float]:
+    """The GPU fraction each learner and each rollout worker asks Ray for.
+
+    A whole GPU each when there are enough. Otherwise the actors share: every learner still gets
+    a GPU of its own (NCCL refuses two ranks on one device), so a learner takes just over half of
+    one when there are several, leaving no room for a second learner there, and the workers split
+    what is left of each GPU. Asking for more than the cluster has would leave actors pending
+    forever, so that is refused here instead.
+    """
+    gpus = int(gpus)
+    if gpus >= learners + workers:
+        return 1.0, 1.0
+    if gpus < learners:
+        raise ConfigError(f"learner.num_learners={learners} needs {learners} GPUs (one per rank), the Ray "
+                         f"cluster has {gpus}; lower learner.num_learners or set cluster.use_gpu=false")
+    learner_share = 0.51 if learners > 1 else 0.5
+    per_gpu = math.ceil(workers / gpus)
+    worker_share = math.floor(100 * (1 - learner_share) / per_gpu) / 100
+    if worker_share <= 0:
+        raise ConfigError(f"rollout.num_workers={workers} is too many to share {gpus} GPU(s)")
+    return learner_share, worker_share
+
+
 def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) -> Actors:
     """One learner per data-parallel rank, ``rollout.num_workers`` generation actors."""
     from rlkit.learner.learner import Learner
     from rlkit.rollout.worker import RolloutWorker
 
     started = start_ray(config)
-    gpu = 1 if _use_gpu(config) else 0
     world = config.learner.num_learners
-    learner_cls = ray.remote(num_cpus=1, num_gpus=gpu, max_restarts=0)(Learner)
+    learner_gpu, worker_gpu = 0.0, 0.0
+    if _use_gpu(config):
+        try:
+            learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0), world,
+                                                 config.rollout.num_workers)
+        except ConfigError:
+            if started:
+                ray.shutdown()
+            raise
+    learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(Learner)
     learners = [learner_cls.remote(config, rank=r, world_size=world, steps_per_update=steps_per_update)
                 for r in range(world)]
-    worker_cls = ray.remote(num_cpus=1, num_gpus=gpu, max_restarts=3)(RolloutWorker)
+    worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=3)(RolloutWorker)
     workers = [worker_cls.remote(config, reward_funcs) for _ in range(config.rollout.num_workers)]
     actors = Actors(learners=learners, workers=workers, started_ray=started)
     try:

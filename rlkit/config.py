@@ -101,7 +101,7 @@ class LearnerConfig:
     adam_beta2: float = _help("AdamW beta2", default=0.99)
     adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
     max_grad_norm: float = _help("clip the gradient's global norm; 0 disables", default=1.0)
-    lr_scheduler: str = _help("constant, linear or cosine decay to 0 over max_steps", default="constant")
+    lr_scheduler: str = _help("constant, linear or cosine decay to 0 over max_steps", default="cosine")
     warmup_steps: int = _help("linear warm-up steps", default=0)
     micro_batch_groups: int = _help(
         "prompt groups per learner micro-batch, also the unit generation hands to the learner", default=8)

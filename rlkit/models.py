@@ -70,8 +70,12 @@ def load_tokenizer(config: ModelConfig):
 def load_model(config: ModelConfig, *, trainable: bool = True):
     """The causal LM in the configured dtype, wrapped with LoRA adapters when ``lora_r > 0``."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(config.name_or_path)
+    # every actor loads the model; a per-tensor "Loading weights" bar from each only buries the
+    # run's own progress (downloads from the hub keep their bars: that is huggingface_hub's)
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code)
     if trainable and config.lora_r > 0:

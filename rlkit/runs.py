@@ -51,14 +51,18 @@ class RunDirectory:
     summary_path = property(lambda self: self.path / "summary.json")
 
     def create(self, config: dict[str, Any], *, resume: bool) -> None:
+        self.check_usable(resume=resume)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    def check_usable(self, *, resume: bool) -> None:
+        """Refuse a folder that holds another run (or, to resume, one that holds none)."""
         if resume:
             if not self.config_path.is_file():
                 raise FileNotFoundError(f"cannot resume: {self.path} is not a run folder (no config.yaml)")
         elif self.config_path.exists():
             raise FileExistsError(f"{self.path} already holds a run; pick another output_dir "
                                   f"or continue it with --resume {self.path}")
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
 
     def load_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():

@@ -86,10 +86,12 @@ class RLTrainer:
         config = self.config
         run = RunDirectory(config.output_dir or _default_run_dir(config))
         config.output_dir = str(run.path)
-        run.create(config.to_dict(), resume=resume)
+        run.check_usable(resume=resume)
         per_step = config.learner.micro_batch_groups * config.learner.num_learners
         actors = place_actors(config, self.reward_funcs, config.rollout.prompts_per_step // per_step)
         try:
+            # written once the actors are up, so a run that cannot start leaves no folder behind
+            run.create(config.to_dict(), resume=resume)
             source = PromptSource(self.train_rows, seed=config.seed, shuffle=config.data.shuffle)
             pipeline = StepPipeline(config, actors.workers, actors.learners, source)
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
@@ -175,7 +177,7 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
         "truncated_fraction": statistics.fmean(r.truncated for g in out.groups for r in g.rollouts),
         "tokens_per_second": sum(lengths) / seconds, "step_seconds": seconds,
         "policy_version": min(versions), "staleness": step - min(versions),
-        "weight_sync_seconds": out.weight_sync_seconds,
+        "update_seconds": out.update_seconds,
         "solved_groups": sum(all(r > 0 for r in g.rewards) for g in out.groups) / len(out.groups),
         "zero_variance_groups": sum(len(set(g.rewards)) == 1 for g in out.groups) / len(out.groups),
     }

@@ -74,3 +74,18 @@ def test_eval_reports_the_bundled_models_pass_rate():
 def test_plot_needs_a_run_folder(tmp_path):
     result = invoke("plot", str(tmp_path))
     assert result.exit_code == 2 and "metrics.jsonl" in result.output
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    result = invoke("train", "--resume", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2
+    assert "is not a run folder" in result.output
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_output_dir_holding_a_run_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "config.yaml").write_text("seed: 7\n")
+    result = invoke("train", "--output_dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "already holds a run" in result.output and "--resume" in result.output
+    assert (tmp_path / "config.yaml").read_text() == "seed: 7\n"

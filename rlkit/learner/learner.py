@@ -27,7 +27,8 @@ class Learner:
     ``Learner(...)``, then rank 0's :meth:`rendezvous_address`, then :meth:`connect` on every rank."""
 
     def __init__(self, config: RLConfig, *, rank: int, world_size: int, steps_per_update: int, threads: int = 1):
-        torch.set_num_threads(threads)
+        if threads:  # 0 keeps the process's setting
+            torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
         self.config = config
         self.rank, self.world_size = rank, world_size
@@ -104,17 +105,40 @@ class Learner:
     def train_micro_batch(self, groups: list[RolloutGroup]) -> dict[str, float]:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`."""
         started = time.perf_counter()
+        groups, skipped = self._split_inert(groups)
         batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
         policy = self._policy_batch(batch)
         loss_sum, metrics = self.objective.loss_sum(policy)
+        # step() is called once per update, not once per micro-batch, so DeepSpeed's own counter
+        # would place the boundary wrongly: say which backward ends the update (ZeRO reduces there)
+        self.engine.set_gradient_accumulation_boundary(self._micro_batches + 1 == self.steps_per_update)
         self.engine.backward(loss_sum, scale_wrt_gas=False)
         self._micro_batches += 1
-        tokens = batch.num_tokens
-        self._accumulate({"loss_sum": loss_sum.item(), "tokens": tokens,
+        trained = batch.num_tokens
+        # skipped groups still count in the step's tokens and entropy: on-policy the rollout's
+        # entropies are the learner's own (same weights, same temperature)
+        skipped_tokens = sum(g.num_tokens for g in skipped)
+        skipped_entropy = sum(sum(r.entropies) for g in skipped for r in g.rollouts)
+        self._accumulate({"loss_sum": loss_sum.item(), "tokens": trained + skipped_tokens,
+                          "trained_tokens": trained, "skipped_groups": len(skipped),
                           "learner_seconds": time.perf_counter() - started,
-                          "entropy_sum": float((policy.entropy * policy.mask).sum()),
-                          **{f"{k}_weighted": v * tokens for k, v in metrics.items()}})
-        return {"tokens": tokens, "sequences": batch.num_sequences}
+                          "entropy_sum": float((policy.entropy * policy.mask).sum()) + skipped_entropy,
+                          **{f"{k}_weighted": v * trained for k, v in metrics.items()}})
+        return {"tokens": trained, "sequences": batch.num_sequences}
+
+    def _split_inert(self, groups: list[RolloutGroup]) -> tuple[list[RolloutGroup], list[RolloutGroup]]:
+        """(groups to train on, groups the objective says add nothing: all advantages zero)."""
+        if not self.objective.zero_advantage_is_inert():
+            return groups, []
+        rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+        live = self.objective.compute_advantages(rewards).abs().amax(dim=1) > 0
+        keep = [g for g, alive in zip(groups, live.tolist()) if alive]
+        if not keep:
+            # every rank must run one forward and backward per micro-batch (ZeRO's collectives pair
+            # up across ranks), so train on one inert group: its gradient is exactly zero
+            keep = groups[:1]
+        kept = {id(g) for g in keep}
+        return keep, [g for g in groups if id(g) not in kept]
 
     def _policy_batch(self, batch: TrainBatch) -> PolicyBatch:
         temperature = self.config.rollout.temperature
@@ -158,7 +182,10 @@ class Learner:
                "learner_seconds": self._sums.get("learner_seconds", 0.0),
                "entropy_sum": self._sums.get("entropy_sum", 0.0), "tokens": tokens,
                "grad_norm": optimizer.last_grad_norm, "learning_rate": lr}
-        out.update({k[:-len("_weighted")]: v / tokens for k, v in self._sums.items() if k.endswith("_weighted")})
+        out["skipped_groups"] = self._sums.get("skipped_groups", 0.0)
+        out["trained_tokens"] = self._sums.get("trained_tokens", 0.0)
+        trained = max(out["trained_tokens"], 1.0)  # the objective's metrics cover these
+        out.update({k[:-len("_weighted")]: v / trained for k, v in self._sums.items() if k.endswith("_weighted")})
         self._reset_step_totals()
         return out
 

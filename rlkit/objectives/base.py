@@ -62,6 +62,16 @@ class Objective(abc.ABC):
         """Whether the learner must load a frozen reference model and fill ``ref_logprobs``."""
         return False
 
+    def zero_advantage_is_inert(self) -> bool:
+        """True when a sequence whose advantage is exactly 0 adds nothing to the loss or its gradient.
+
+        The learner then skips the forward and backward of groups whose advantages are all zero
+        (every completion scored the same): the update is unchanged and the learner does less
+        work. Objectives with terms that do not scale with the advantage (a KL to a reference,
+        an entropy bonus, a divergence to the initial policy) must keep the default, False.
+        """
+        return False
+
     @abc.abstractmethod
     def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """``[num_groups, G]`` rewards -> ``[num_groups, G]`` advantages."""

@@ -87,6 +87,9 @@ class GRPO(Objective):
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
+    def zero_advantage_is_inert(self) -> bool:
+        return self.config.beta == 0  # ℓ = −min(ρA, clip(ρ)A) is 0 with its gradient when A = 0
+
     def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         return group_relative(rewards, scale=self.config.scale_rewards)
 

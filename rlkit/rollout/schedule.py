@@ -37,7 +37,7 @@ from rlkit.prompts import PromptSource
 class StepOutput:
     groups: list[RolloutGroup]
     learner: dict[str, float]  # reduced over learner ranks
-    weight_sync_seconds: float
+    update_seconds: float  # from the last micro-batch queued to the new weights loaded in every worker
     wait_seconds: float  # time the driver spent waiting for generation after the learners went idle
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -114,13 +114,21 @@ class StepPipeline:
             learner = self.learners[len(learner_calls) % len(self.learners)]
             learner_calls.append(learner.train_micro_batch.remote(chunk.ref))
             groups.extend(chunk_groups)
-        ray.get(learner_calls)
         stats = {"num_sequences": sum(len(g.rollouts) for g in groups),
                  "num_tokens": sum(g.num_tokens for g in groups)}
-        learner_out = _reduce(ray.get([l.step.remote(stats, step) for l in self.learners]))
-        sync_seconds = self._push_weights(step + 1)
+        # Everything from here to the next step's first generation is queued at once, in the order
+        # each actor must run it (step, export, load the weights, generate), so no round trip to
+        # the driver sits between the update and the next samples.
+        steps = [l.step.remote(stats, step) for l in self.learners]
+        t0 = time.perf_counter()
+        loaded = self._send_weights(step + 1)
+        if step + 1 < self.config.max_steps:
+            self._fill(step + 1)
+        ray.get(learner_calls)
+        learner_out = _reduce(ray.get(steps))
+        ray.get(loaded)
         groups.sort(key=lambda g: g.prompt_index)
-        return StepOutput(groups=groups, learner=learner_out, weight_sync_seconds=sync_seconds,
+        return StepOutput(groups=groups, learner=learner_out, update_seconds=time.perf_counter() - t0,
                           wait_seconds=wait_seconds)
 
     def _result(self, chunk: Chunk) -> list[RolloutGroup]:
@@ -140,16 +148,14 @@ class StepPipeline:
                 worker.set_weights.remote(self.weights, self.version)  # a restarted actor has initial weights
                 chunk.ref = worker.generate_groups.remote(chunk.items, chunk.seed)
 
-    def _push_weights(self, version: int) -> float:
-        t0 = time.perf_counter()
+    def _send_weights(self, version: int) -> list[ray.ObjectRef]:
+        """Queue the export of the learners' weights and their loading into every worker."""
         exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
         self.weights, self.version = exports[0], version
-        ray.get([w.set_weights.remote(self.weights, version) for w in self.workers])
-        ray.get(exports[1:])
-        return time.perf_counter() - t0
+        return [w.set_weights.remote(self.weights, version) for w in self.workers] + exports[1:]
 
     def push_initial_weights(self, version: int) -> None:
-        self._push_weights(version)
+        ray.get(self._send_weights(version))
 
     # --- checkpoint state ----------------------------------------------------------------------
 
@@ -166,9 +172,10 @@ class StepPipeline:
 
 
 def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
-    """Sum the sums over learner ranks; token-weight the per-token metrics."""
+    """Sum the sums over learner ranks; weight the objective's per-token metrics by trained tokens."""
     tokens = sum(o["tokens"] for o in outputs)
-    summed = ("loss_sum", "entropy_sum", "tokens")
+    trained = sum(o["trained_tokens"] for o in outputs)
+    summed = ("loss_sum", "entropy_sum", "tokens", "trained_tokens", "skipped_groups")
     busiest = ("learner_seconds", "grad_norm", "learning_rate")  # the same on every rank, or the slowest rank
     first = outputs[0]
     out = {k: sum(o[k] for o in outputs) for k in summed}
@@ -180,5 +187,5 @@ def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
         if key in busiest:
             out[key] = max(o[key] for o in outputs)
         else:
-            out[key] = sum(o[key] * o["tokens"] for o in outputs) / max(tokens, 1.0)
+            out[key] = sum(o[key] * o["trained_tokens"] for o in outputs) / max(trained, 1.0)
     return out

@@ -38,6 +38,9 @@ class PolicyBatch:
     ref_logprobs: torch.Tensor | None = None  # frozen reference, when the objective needs it
     behavior_logprobs: torch.Tensor | None = None  # what the rollout engine sampled with
     entropy: torch.Tensor | None = None  # current policy's per-token entropy (detached)
+    # [B] bool: rows that are stored samples of the initial policy (DPH-RL's rehearsal set), whose
+    # ``behavior_logprobs`` are then the initial policy's log-probs; None when there are none
+    rehearsal: torch.Tensor | None = None
 
 
 @dataclass

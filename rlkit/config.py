@@ -90,6 +90,12 @@ class RolloutConfig:
     top_p: float = _help("nucleus sampling; 1.0 disables it", default=1.0)
     top_k: int = _help("top-k sampling; 0 disables it", default=0)
     engine: str = _help("generation engine: hf (transformers generate with KV cache)", default="hf")
+    dynamic_sampling: str = _help(
+        "drop groups whose completions all scored the same and sample more prompts until the step is "
+        "full (DAPO): true, false, or auto (as the objective prefers: on for dapo)", default="auto")
+    max_sampling_rounds: int = _help(
+        "extra generation rounds a step may take to fill itself under dynamic sampling; a step still "
+        "short after them is topped up with zero-variance groups (they carry no gradient)", default=3)
 
 
 @dataclass
@@ -328,6 +334,8 @@ def _coerce(value: Any, tp: Any, full: str, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML reads a bare true/false as a bool: keys like use_gpu take words
+            return "true" if value else "false"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise bad

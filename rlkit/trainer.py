@@ -166,22 +166,25 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     """What one step logs: rewards and lengths from the groups, loss and entropy from the learners."""
     import statistics
 
-    rewards = [r for g in out.groups for r in g.rewards]
-    lengths = [len(r.completion_ids) for g in out.groups for r in g.rollouts]
+    # the reward of everything sampled, including groups dynamic sampling left out of the update
+    sampled = out.groups + out.dropped
+    rewards = [r for g in sampled for r in g.rewards]
+    lengths = [len(r.completion_ids) for g in sampled for r in g.rollouts]
     versions = [g.policy_version for g in out.groups]
     learner = out.learner
     metrics = {
         "reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards),
         "loss": learner["loss"], "entropy": learner["entropy"],
         "completion_length": statistics.fmean(lengths),
-        "truncated_fraction": statistics.fmean(r.truncated for g in out.groups for r in g.rollouts),
+        "truncated_fraction": statistics.fmean(r.truncated for g in sampled for r in g.rollouts),
         "tokens_per_second": sum(lengths) / seconds, "step_seconds": seconds,
         "policy_version": min(versions), "staleness": step - min(versions),
         "update_seconds": out.update_seconds,
-        "solved_groups": sum(all(r > 0 for r in g.rewards) for g in out.groups) / len(out.groups),
-        "zero_variance_groups": sum(len(set(g.rewards)) == 1 for g in out.groups) / len(out.groups),
+        "solved_groups": sum(all(r > 0 for r in g.rewards) for g in sampled) / len(sampled),
+        "zero_variance_groups": sum(len(set(g.rewards)) == 1 for g in sampled) / len(sampled),
     }
     metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
+    metrics.update(out.extra)
     return metrics
 
 

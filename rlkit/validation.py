@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "rollout.schedule": ("sync", "periodic_async"),
+    "rollout.dynamic_sampling": ("auto", "true", "false"),
     "rollout.engine": ("hf",),
     "learner.lr_scheduler": ("constant", "linear", "cosine"),
     "learner.backend": ("auto", "gloo", "nccl"),
@@ -30,6 +31,7 @@ MINIMUMS: dict[str, float] = {
     "max_steps": 1, "save_steps": 0, "save_total_limit": 1, "eval_steps": 0,
     "rollout.num_workers": 1, "rollout.num_generations": 2, "rollout.prompts_per_step": 1,
     "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
+    "rollout.max_sampling_rounds": 0,
     "learner.micro_batch_groups": 1, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
 }

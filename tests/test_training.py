@@ -160,3 +160,17 @@ def test_a_rollout_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_pa
     assert calls.stat().st_size > 40  # the worker died and came back
     same_curves(results["steady"], results["crashing"], keys=("reward_mean", "loss", "entropy", "policy_version"),
                 tol=1e-6)
+
+
+def test_dapo_dynamic_sampling_trains_only_groups_with_a_gradient_the_same_under_both_schedules(tmp_path):
+    dapo = {"objective.name": "dapo", "max_steps": "3"}
+    _, sync = train(tmp_path, "dapo-sync", **dapo, **{"rollout.schedule": "sync"})
+    _, periodic = train(tmp_path, "dapo-periodic", **dapo)
+    same_curves(sync, periodic, keys=("reward_mean", "loss", "entropy", "sampled_groups"))
+    for m in periodic:
+        assert m["skipped_groups"] == 0 and m["filler_groups"] == 0  # every trained group has a gradient
+        assert m["sampled_groups"] > 32 and m["sampling_rounds"] >= 1  # the dropped ones were replaced
+    # no extra rounds allowed: the step is topped up with zero-variance groups and still trains
+    _, capped = train(tmp_path, "dapo-capped", **dapo, **{"rollout.max_sampling_rounds": "0"})
+    assert all(m["sampled_groups"] == 32 and m["filler_groups"] > 0 for m in capped)
+    assert all(m["skipped_groups"] >= m["filler_groups"] - 4 for m in capped)  # fillers cost (almost) nothing

@@ -186,6 +186,7 @@ class Learner:
         out["trained_tokens"] = self._sums.get("trained_tokens", 0.0)
         trained = max(out["trained_tokens"], 1.0)  # the objective's metrics cover these
         out.update({k[:-len("_weighted")]: v / trained for k, v in self._sums.items() if k.endswith("_weighted")})
+        out.update(self.objective.log_metrics())  # adaptive state: clip bounds, temperatures
         self._reset_step_totals()
         return out
 

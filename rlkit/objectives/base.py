@@ -57,6 +57,8 @@ class Objective(abc.ABC):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    # whether ``rollout.dynamic_sampling: auto`` drops zero-variance groups and samples more (DAPO)
+    dynamic_sampling_by_default: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config

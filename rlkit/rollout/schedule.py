@@ -20,6 +20,7 @@ if nothing had happened.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class StepOutput:
     learner: dict[str, float]  # reduced over learner ranks
     update_seconds: float  # from the last micro-batch queued to the new weights loaded in every worker
     wait_seconds: float  # time the driver spent waiting for generation after the learners went idle
+    dropped: list[RolloutGroup] = field(default_factory=list)  # sampled, left out by dynamic sampling
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,6 +58,51 @@ class Chunk:
     retries: int = 0
 
 
+def dynamic_sampling_enabled(config: RLConfig) -> bool:
+    """``rollout.dynamic_sampling``, with ``auto`` resolved by the objective (on for DAPO)."""
+    setting = config.rollout.dynamic_sampling
+    if setting != "auto":
+        return setting == "true"
+    from rlkit.plugins import objectives
+
+    return bool(getattr(objectives.get(config.objective.name), "dynamic_sampling_by_default", False))
+
+
+def _zero_variance(group: RolloutGroup) -> bool:
+    return len(set(group.rewards)) == 1
+
+
+def _without(groups: list[RolloutGroup], removed: list[RolloutGroup]) -> list[RolloutGroup]:
+    gone = {id(g) for g in removed}
+    return [g for g in groups if id(g) not in gone]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class MicroBatchFeed:
+    """Hands groups to the learners in micro-batches of ``size``, round robin over ranks."""
+
+    def __init__(self, learners: list, size: int):
+        self.learners, self.size = learners, size
+        self.buffer: list[RolloutGroup] = []
+        self.calls: list[ray.ObjectRef] = []
+
+    def add(self, groups: list[RolloutGroup], whole_chunk: ray.ObjectRef | None = None) -> None:
+        if whole_chunk is not None and not self.buffer and len(groups) == self.size:
+            self._send(whole_chunk)  # the chunk as generated: the learner reads it from the object store
+            return
+        self.buffer.extend(groups)
+        while len(self.buffer) >= self.size:
+            self._send(self.buffer[:self.size])
+            self.buffer = self.buffer[self.size:]
+
+    def _send(self, micro_batch) -> None:
+        learner = self.learners[len(self.calls) % len(self.learners)]
+        self.calls.append(learner.train_micro_batch.remote(micro_batch))
+
+
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
     """Sampling seed of one generation call; depends only on where the chunk sits in the run."""
     return int(np.random.SeedSequence([seed, step, chunk]).generate_state(1)[0])
@@ -71,19 +118,23 @@ class StepPipeline:
         self.next_to_submit = 0
         self.weights: ray.ObjectRef | None = None  # the latest exported weights, for restarted workers
         self.version = 0
+        self.dynamic_sampling = dynamic_sampling_enabled(config)
 
     # --- producing -----------------------------------------------------------------------------
 
     def _submit(self, step: int) -> None:
-        rollout, group_per_chunk = self.config.rollout, self.config.learner.micro_batch_groups
-        rows = self.source.take(rollout.prompts_per_step)
-        items = list(enumerate(rows))
+        self.pending[step] = self._chunks(step, self.config.rollout.prompts_per_step, first_index=0, first_chunk=0)
+
+    def _chunks(self, step: int, num_prompts: int, first_index: int, first_chunk: int) -> list[Chunk]:
+        """Draw ``num_prompts`` prompts and submit their generation, one call per chunk."""
+        group_per_chunk = self.config.learner.micro_batch_groups
+        items = list(enumerate(self.source.take(num_prompts), start=first_index))
         chunks = []
-        for c, start in enumerate(range(0, len(items), group_per_chunk)):
+        for c, start in enumerate(range(0, len(items), group_per_chunk), start=first_chunk):
             part = items[start:start + group_per_chunk]
             seed, worker = chunk_seed(self.config.seed, step, c), c % len(self.workers)
             chunks.append(Chunk(self.workers[worker].generate_groups.remote(part, seed), part, seed, worker))
-        self.pending[step] = chunks
+        return chunks
 
     def _fill(self, step: int) -> None:
         last = min(step + self.config.rollout.max_staleness, self.config.max_steps - 1)
@@ -95,25 +146,31 @@ class StepPipeline:
 
     def run_step(self, step: int) -> StepOutput:
         self._fill(step)
-        chunks = {chunk.ref: chunk for chunk in self.pending.pop(step)}
-        if self.config.rollout.schedule == "sync":
-            ray.wait(list(chunks), num_returns=len(chunks), fetch_local=False)
-        groups: list[RolloutGroup] = []
-        learner_calls = []
-        wait_seconds = 0.0
-        remaining = list(chunks)
-        while remaining:
-            t0 = time.perf_counter()
-            if self.config.rollout.schedule == "sync":
-                ready, remaining = remaining[:1], remaining[1:]  # index order
-            else:
-                ready, remaining = ray.wait(remaining, num_returns=1)  # completion order
-            chunk = chunks[ready[0]]
-            chunk_groups = self._result(chunk)
-            wait_seconds += time.perf_counter() - t0
-            learner = self.learners[len(learner_calls) % len(self.learners)]
-            learner_calls.append(learner.train_micro_batch.remote(chunk.ref))
-            groups.extend(chunk_groups)
+        chunks = self.pending.pop(step)
+        needed = self.config.rollout.prompts_per_step
+        feed = MicroBatchFeed(self.learners, self.config.learner.micro_batch_groups)
+        kept, dropped = [], []
+        wait_seconds, rounds, next_chunk = 0.0, 0, len(chunks)
+        while True:
+            for chunk, chunk_groups, waited in self._arrivals(chunks):
+                wait_seconds += waited
+                take, drop = self._accept(chunk_groups, needed - len(kept))
+                kept.extend(take)
+                dropped.extend(drop)
+                feed.add(take, whole_chunk=chunk.ref if len(take) == len(chunk_groups) else None)
+                if len(kept) == needed:
+                    break
+            if len(kept) == needed or rounds == self.config.rollout.max_sampling_rounds:
+                break
+            rounds += 1  # dynamic sampling: more prompts, in proportion to how many groups were kept
+            missing, offered = needed - len(kept), len(kept) + len(dropped)
+            more = _round_up(math.ceil(missing * offered / max(len(kept), offered / 8)), feed.size)
+            chunks = self._chunks(step, min(more, 2 * needed), first_index=offered, first_chunk=next_chunk)
+            next_chunk += len(chunks)
+        filler = [g for g in dropped if _zero_variance(g)][:needed - len(kept)]  # no gradient, keeps the shape
+        feed.add(filler)
+        groups = kept + filler
+        learner_calls = feed.calls
         stats = {"num_sequences": sum(len(g.rollouts) for g in groups),
                  "num_tokens": sum(g.num_tokens for g in groups)}
         # Everything from here to the next step's first generation is queued at once, in the order
@@ -128,8 +185,38 @@ class StepPipeline:
         learner_out = _reduce(ray.get(steps))
         ray.get(loaded)
         groups.sort(key=lambda g: g.prompt_index)
+        sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
+                    "filler_groups": len(filler)} if self.dynamic_sampling else {}
         return StepOutput(groups=groups, learner=learner_out, update_seconds=time.perf_counter() - t0,
-                          wait_seconds=wait_seconds)
+                          wait_seconds=wait_seconds, dropped=_without(dropped, filler),
+                          extra=sampling)
+
+    def _arrivals(self, chunks: list[Chunk]):
+        """Yield ``(chunk, groups, seconds waited)``: in index order under ``sync`` and dynamic
+        sampling (which groups fill the step must not depend on timing), else as they finish."""
+        if self.config.rollout.schedule == "sync":
+            ray.wait([c.ref for c in chunks], num_returns=len(chunks), fetch_local=False)
+        in_order = self.config.rollout.schedule == "sync" or self.dynamic_sampling
+        by_ref = {chunk.ref: chunk for chunk in chunks}
+        remaining = [chunk.ref for chunk in chunks]
+        while remaining:
+            t0 = time.perf_counter()
+            if in_order:
+                ready, remaining = remaining[:1], remaining[1:]
+            else:
+                ready, remaining = ray.wait(remaining, num_returns=1)
+            chunk = by_ref[ready[0]]
+            groups = self._result(chunk)
+            yield chunk, groups, time.perf_counter() - t0
+
+    def _accept(self, groups: list[RolloutGroup], room: int) -> tuple[list[RolloutGroup], list[RolloutGroup]]:
+        """(groups that join the step, groups left out): under dynamic sampling only groups whose
+        rewards differ join, and never more than the step has room for."""
+        if not self.dynamic_sampling:
+            return groups, []
+        useful = [g for g in groups if not _zero_variance(g)]
+        take = useful[:room]
+        return take, _without(groups, take)
 
     def _result(self, chunk: Chunk) -> list[RolloutGroup]:
         """The chunk's groups; if its worker died, reload the weights into it and generate again."""

@@ -77,6 +77,14 @@ class RLTrainer:
         worker = RolloutWorker(self.config, self.reward_funcs, threads=0)
         return worker.evaluate(self.eval_rows, self.config.rewards.pass_threshold)
 
+    def pass_at_k(self, ks: tuple[int, ...] = (1, 8), num_samples: int = 16) -> dict[str, float]:
+        """Sampled pass@k of the configured model on the eval rows (run's temperature), in this process."""
+        from rlkit.rollout.worker import RolloutWorker
+
+        worker = RolloutWorker(self.config, self.reward_funcs, threads=0)
+        return worker.pass_at_k(self.eval_rows, self.config.rewards.pass_threshold, ks=ks,
+                                num_samples=num_samples, seed=self.config.seed)
+
     # --- the run ---------------------------------------------------------------------------------
 
     def train(self, resume: bool = False) -> dict[str, Any]:

@@ -57,3 +57,4 @@ def test_objectives_with_a_kl_term_train_every_group():
 
     assert objective_from_config("grpo", {"beta": 0.04}).zero_advantage_is_inert() is False
     assert objective_from_config("grpo", {}).zero_advantage_is_inert() is True
+

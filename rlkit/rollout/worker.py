@@ -6,6 +6,7 @@ weights and their version number, and the run's reward functions.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -74,6 +75,27 @@ class RolloutWorker:
             reward_sum += sum(scores.totals)
         return {"pass_rate": passed / len(rows), "reward_mean": reward_sum / len(rows), "num_rows": len(rows)}
 
+    def pass_at_k(self, rows: list[dict[str, Any]], pass_threshold: float, ks: tuple[int, ...] = (1, 8),
+                  num_samples: int = 16, seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+        """Unbiased pass@k (Chen et al., 2021) from ``num_samples`` completions per row at the
+        sampling settings of the run: ``1 − C(n−c, k) / C(n, k)`` averaged over rows, c = correct."""
+        if max(ks) > num_samples:
+            raise ValueError(f"pass@{max(ks)} needs num_samples >= {max(ks)}, got {num_samples}")
+        column = self.config.data.prompt_column
+        totals = dict.fromkeys(ks, 0.0)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            ids = [self._encode(row[column]) for row in chunk]
+            groups = self.engine.generate(ids, num_samples, self.sampling, seed=seed + start)
+            for row, samples in zip(chunk, groups):
+                texts = [self._decode(s.completion_ids) for s in samples]
+                scores = self.rewards.score([row[column]] * num_samples, texts,
+                                            [s.completion_ids for s in samples], [row] * num_samples)
+                correct = sum(total >= pass_threshold for total in scores.totals)
+                for k in ks:
+                    totals[k] += unbiased_pass_at_k(num_samples, correct, k)
+        return {f"pass@{k}": totals[k] / len(rows) for k in ks} | {"num_rows": len(rows)}
+
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]  # adds BOS for models trained with one
 
@@ -84,3 +106,12 @@ class RolloutWorker:
         return Rollout(completion_ids=sample.completion_ids, behavior_logprobs=sample.logprobs,
                        entropies=sample.entropies, text=self._decode(sample.completion_ids),
                        truncated=sample.truncated)
+
+
+def unbiased_pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k completions drawn without replacement from n, c of them
+    correct, is correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+

@@ -97,7 +97,9 @@ class GBPO(Objective):
     aggregated as GRPO's ``loss_type`` (dapo: Σ ℓ / Σ|o_i|; grpo: 1/N Σ_i mean_t ℓ; dr_grpo:
     Σ ℓ / (N·L_max)). On-policy (ρ = 1) the gradient w.r.t. log π is −w_i per token.
 
-    Decisions (sources: the authors' code, github.com/bounded-ratio-rl/bounded_ratio_rl):
+    Decisions. The paper's body was not available: the optimum and its median threshold are from the
+    project page (bounded-ratio-rl.github.io/brrl), the rest from the authors' code
+    (github.com/bounded-ratio-rl/bounded_ratio_rl), whose BPO (``src/sb3/BPO.py``) has the same form.
     - Target and weight: ``compute_policy_loss_gbpo`` in ``src/verl/trainer/ppo/core_algos.py`` uses
       ρ* = 1 − ε_low + (ε_low+ε_high)·σ(Ã/((std+1e-6)·λ)) and loss |ρ − ρ*|·|A|: the weight from the
       mean-centred A, the target from the median-centred Ã; the LLM scripts set λ = 1e-4, which
@@ -110,6 +112,8 @@ class GBPO(Objective):
     - Aggregation: verl's default ``loss_agg_mode: token-mean`` (rlkit's dapo), as in the authors' runs.
     - ε = 0.3 both sides: the README's GBPO table and ``ttrl/*/*.sh`` (``CLIP_RATIO_LOW/HIGH=0.3``).
     - The median is the interpolated one (``torch.quantile(·, 0.5)``), as in the authors' code.
+    - The authors ran 5-10 PPO epochs per batch; rlkit steps once per batch, so on-policy GBPO is a
+      policy gradient with weight w_i and the bounds act only off-policy (``rollout.max_staleness > 0``).
     """
 
     name = "gbpo"

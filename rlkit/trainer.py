@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlkit.config import ConfigError, RLConfig, apply_mapping
+from rlkit.objectives import objective_from_config
 from rlkit.prompts import PromptSource, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
 from rlkit.runs import MetricsLogger, RunDirectory, TrainingProgress, plot_reward_curve, render_summary, write_summary
@@ -100,8 +101,15 @@ class RLTrainer:
         try:
             # written once the actors are up, so a run that cannot start leaves no folder behind
             run.create(config.to_dict(), resume=resume)
-            source = PromptSource(self.train_rows, seed=config.seed, shuffle=config.data.shuffle)
-            pipeline = StepPipeline(config, actors.workers, actors.learners, source)
+            rows, pool = self.train_rows, None
+            objective = objective_from_config(config.objective.name, config.objective.params)
+            if objective.extra_rows == "rehearsal":  # DPH-RL: split by the initial model, before any step
+                from rlkit.rehearsal import prepare_rehearsal
+
+                rehearsal = prepare_rehearsal(run.path, rows, objective, actors, config)
+                rows, pool = rehearsal.exploration_rows, rehearsal.pool
+            source = PromptSource(rows, seed=config.seed, shuffle=config.data.shuffle)
+            pipeline = StepPipeline(config, actors.workers, actors.learners, source, rehearsal_pool=pool)
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:

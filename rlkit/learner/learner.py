@@ -102,29 +102,59 @@ class Learner:
         self._sums: dict[str, float] = {}
         self._micro_batches = 0
 
-    def train_micro_batch(self, groups: list[RolloutGroup]) -> dict[str, float]:
-        """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`."""
+    def train_micro_batch(self, groups: list[RolloutGroup], extra: list[RolloutGroup] | None = None) -> dict[str, float]:
+        """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`.
+
+        ``extra`` holds one-row groups the objective asked for besides the step's groups
+        (``Objective.extra_rows``: DPH-RL's stored initial-policy samples, AEPO's tempered ones).
+        """
         started = time.perf_counter()
         groups, skipped = self._split_inert(groups)
         batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
         policy = self._policy_batch(batch)
+        trained = batch.num_tokens
+        entropy_sum = float((policy.entropy * policy.mask).sum())  # of the policy's own samples only
+        if extra:
+            extra_batch = TrainBatch.from_groups(extra, self.tokenizer.pad_token_id)
+            policy = self.objective.combine_extra(policy, self._extra_policy_batch(extra_batch))
+            trained += extra_batch.num_tokens
         loss_sum, metrics = self.objective.loss_sum(policy)
         # step() is called once per update, not once per micro-batch, so DeepSpeed's own counter
         # would place the boundary wrongly: say which backward ends the update (ZeRO reduces there)
         self.engine.set_gradient_accumulation_boundary(self._micro_batches + 1 == self.steps_per_update)
         self.engine.backward(loss_sum, scale_wrt_gas=False)
         self._micro_batches += 1
-        trained = batch.num_tokens
         # skipped groups still count in the step's tokens and entropy: on-policy the rollout's
         # entropies are the learner's own (same weights, same temperature)
         skipped_tokens = sum(g.num_tokens for g in skipped)
         skipped_entropy = sum(sum(r.entropies) for g in skipped for r in g.rollouts)
-        self._accumulate({"loss_sum": loss_sum.item(), "tokens": trained + skipped_tokens,
-                          "trained_tokens": trained, "skipped_groups": len(skipped),
+        self._accumulate({"loss_sum": loss_sum.item(), "tokens": batch.num_tokens + skipped_tokens,
+                          "trained_tokens": trained, "skipped_groups": len(skipped), "extra_rows": len(extra or ()),
                           "learner_seconds": time.perf_counter() - started,
-                          "entropy_sum": float((policy.entropy * policy.mask).sum()) + skipped_entropy,
+                          "entropy_sum": entropy_sum + skipped_entropy,
                           **{f"{k}_weighted": v * trained for k, v in metrics.items()}})
         return {"tokens": trained, "sequences": batch.num_sequences}
+
+    def _extra_policy_batch(self, batch: TrainBatch) -> PolicyBatch:
+        """Extra rows scored like the step's own (logits / rollout temperature), ratio 1 on-policy."""
+        batch = _to_device(batch, self.device)
+        share = not self.config.learner.gradient_checkpointing
+        logprobs, entropy = policy_logprobs(self.engine, batch, self.config.rollout.temperature,
+                                            with_entropy=True, share_prompts=share)
+        return PolicyBatch(logprobs=logprobs, old_logprobs=logprobs.detach(), mask=batch.completion_mask.float(),
+                           advantages=torch.zeros(batch.num_sequences, device=logprobs.device),
+                           behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach())
+
+    @torch.no_grad()
+    def score(self, groups: list[RolloutGroup]) -> list[list[list[float]]]:
+        """Per-token log-probs of every completion under the current weights (rollout temperature),
+        as ``[group][rollout][token]``: what DPH-RL stores for the initial policy."""
+        out = []
+        for group in groups:
+            batch = _to_device(TrainBatch.from_groups([group], self.tokenizer.pad_token_id), self.device)
+            logprobs, _ = policy_logprobs(self.engine, batch, self.config.rollout.temperature, share_prompts=False)
+            out.append([logprobs[i, :len(r.completion_ids)].tolist() for i, r in enumerate(group.rollouts)])
+        return out
 
     def _split_inert(self, groups: list[RolloutGroup]) -> tuple[list[RolloutGroup], list[RolloutGroup]]:
         """(groups to train on, groups the objective says add nothing: all advantages zero)."""
@@ -183,6 +213,7 @@ class Learner:
                "entropy_sum": self._sums.get("entropy_sum", 0.0), "tokens": tokens,
                "grad_norm": optimizer.last_grad_norm, "learning_rate": lr}
         out["skipped_groups"] = self._sums.get("skipped_groups", 0.0)
+        out["extra_rows"] = self._sums.get("extra_rows", 0.0)
         out["trained_tokens"] = self._sums.get("trained_tokens", 0.0)
         trained = max(out["trained_tokens"], 1.0)  # the objective's metrics cover these
         out.update({k[:-len("_weighted")]: v / trained for k, v in self._sums.items() if k.endswith("_weighted")})

@@ -59,6 +59,12 @@ class Objective(abc.ABC):
     config_class: ClassVar[type] = object
     # whether ``rollout.dynamic_sampling: auto`` drops zero-variance groups and samples more (DAPO)
     dynamic_sampling_by_default: ClassVar[bool] = False
+    # Sequences besides the step's groups that the pipeline must feed this objective, each step:
+    #   "rehearsal": stored samples of the initial policy, drawn once before training (DPH-RL)
+    #   "tempered":  fresh samples of some of the step's prompts at another temperature (AEPO)
+    extra_rows: ClassVar[str | None] = None
+    # whether those rows count in the step's StepStats (the normalizer's sequences and tokens)
+    extra_rows_in_step_stats: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -89,6 +95,24 @@ class Objective(abc.ABC):
     def normalizer(self, stats: StepStats) -> float:
         """What the step's summed ``loss_sum`` is divided by."""
 
+    def combine_extra(self, batch: PolicyBatch, extra: PolicyBatch) -> PolicyBatch:
+        """One batch of the step's rows and the extra rows (see ``extra_rows``) for ``loss_sum``.
+
+        The default stacks them, marking the extra rows in ``rehearsal``; ``extra.old_logprobs``
+        are the learner's own log-probs (detached) and ``extra.behavior_logprobs`` what was stored
+        with the rows. Objectives that keep extra rows apart override this.
+        """
+        width = max(batch.logprobs.shape[1], extra.logprobs.shape[1])
+        stack = lambda a, b: torch.cat([_pad_to(a, width), _pad_to(b, width)])  # noqa: E731
+        flags = torch.cat([torch.zeros(batch.logprobs.shape[0], dtype=torch.bool),
+                           torch.ones(extra.logprobs.shape[0], dtype=torch.bool)]).to(batch.logprobs.device)
+        return PolicyBatch(
+            logprobs=stack(batch.logprobs, extra.logprobs), old_logprobs=stack(batch.old_logprobs, extra.old_logprobs),
+            mask=stack(batch.mask, extra.mask), advantages=torch.cat([batch.advantages, extra.advantages]),
+            ref_logprobs=None if batch.ref_logprobs is None else stack(batch.ref_logprobs, extra.ref_logprobs),
+            behavior_logprobs=stack(batch.behavior_logprobs, extra.behavior_logprobs),
+            entropy=stack(batch.entropy, extra.entropy), rehearsal=flags)
+
     def state_dict(self) -> dict[str, Any]:
         """Adaptive state (clip bounds, temperatures, labels) saved in checkpoints."""
         return {}
@@ -99,6 +123,10 @@ class Objective(abc.ABC):
     def log_metrics(self) -> dict[str, float]:
         """Per-step values of adaptive state to log (empty for stateless objectives)."""
         return {}
+
+
+def _pad_to(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
 
 
 def objective_from_config(name: str, params: dict[str, Any]) -> Objective:

@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ class Chunk:
     seed: int = 0
     worker: int = 0
     retries: int = 0
+    temperature: float | None = None  # another sampling temperature than the run's (AEPO)
 
 
 def dynamic_sampling_enabled(config: RLConfig) -> bool:
@@ -82,10 +84,17 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 class MicroBatchFeed:
-    """Hands groups to the learners in micro-batches of ``size``, round robin over ranks."""
+    """Hands groups to the learners in micro-batches of ``size``, round robin over ranks.
 
-    def __init__(self, learners: list, size: int):
+    ``extras`` (resolved when first needed) are the objective's extra rows of the step: they ride
+    with each rank's last micro-batch, so every rank runs the same number of micro-batches.
+    """
+
+    def __init__(self, learners: list, size: int, total_groups: int, extras: Callable | None = None):
         self.learners, self.size = learners, size
+        self.total = total_groups // size
+        self._resolve_extras = extras
+        self.extras: list[RolloutGroup] = []
         self.buffer: list[RolloutGroup] = []
         self.calls: list[ray.ObjectRef] = []
 
@@ -99,8 +108,15 @@ class MicroBatchFeed:
             self.buffer = self.buffer[self.size:]
 
     def _send(self, micro_batch) -> None:
-        learner = self.learners[len(self.calls) % len(self.learners)]
-        self.calls.append(learner.train_micro_batch.remote(micro_batch))
+        index, ranks = len(self.calls), len(self.learners)
+        learner = self.learners[index % ranks]
+        last_round = index - (self.total - ranks)
+        if self._resolve_extras is not None and last_round >= 0:
+            if last_round == 0:
+                self.extras = self._resolve_extras()
+            self.calls.append(learner.train_micro_batch.remote(micro_batch, self.extras[last_round::ranks]))
+        else:
+            self.calls.append(learner.train_micro_batch.remote(micro_batch))
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
@@ -109,11 +125,17 @@ def chunk_seed(seed: int, step: int, chunk: int) -> int:
 
 
 class StepPipeline:
-    def __init__(self, config: RLConfig, workers: list, learners: list, source: PromptSource):
+    def __init__(self, config: RLConfig, workers: list, learners: list, source: PromptSource,
+                 rehearsal_pool: list[RolloutGroup] | None = None):
+        from rlkit.objectives import objective_from_config
+
         self.config = config
         self.workers = workers
         self.learners = learners
         self.source = source
+        # the driver's own copy of the objective: what it asks of the pipeline, and AEPO's temperature
+        self.objective = objective_from_config(config.objective.name, config.objective.params)
+        self.extras = self._extra_rows(rehearsal_pool)
         self.pending: dict[int, list[Chunk]] = {}  # step -> generation calls, one per chunk
         self.next_to_submit = 0
         self.weights: ray.ObjectRef | None = None  # the latest exported weights, for restarted workers
@@ -122,8 +144,31 @@ class StepPipeline:
 
     # --- producing -----------------------------------------------------------------------------
 
+    def _extra_rows(self, rehearsal_pool):
+        from rlkit.rollout.extras import RehearsalRows, TemperedRows
+
+        kind = self.objective.extra_rows
+        if kind == "rehearsal":
+            per_step = round(self.objective.config.rehearsal_ratio * self.config.rollout.prompts_per_step
+                             * self.config.rollout.num_generations)
+            return RehearsalRows(rehearsal_pool or [], max(per_step, self.config.learner.num_learners),
+                                 self.config.seed)
+        if kind == "tempered":
+            return TemperedRows(self.config, self.objective, self.workers, self._tempered_chunk, self._result)
+        if kind is not None:
+            raise ValueError(f"objective {self.config.objective.name!r} asks for extra rows {kind!r}; "
+                             "the pipeline knows 'rehearsal' and 'tempered'")
+        return None
+
+    def _tempered_chunk(self, step: int, items: list, temperature: float) -> Chunk:
+        seed, worker = chunk_seed(self.config.seed, step, 100_000), 0
+        call = self.workers[worker].generate_groups.remote(items, seed, temperature=temperature)
+        return Chunk(call, items, seed, worker, temperature=temperature)
+
     def _submit(self, step: int) -> None:
         self.pending[step] = self._chunks(step, self.config.rollout.prompts_per_step, first_index=0, first_chunk=0)
+        if self.extras is not None:
+            self.extras.submit(step, [item for chunk in self.pending[step] for item in chunk.items])
 
     def _chunks(self, step: int, num_prompts: int, first_index: int, first_chunk: int) -> list[Chunk]:
         """Draw ``num_prompts`` prompts and submit their generation, one call per chunk."""
@@ -148,7 +193,8 @@ class StepPipeline:
         self._fill(step)
         chunks = self.pending.pop(step)
         needed = self.config.rollout.prompts_per_step
-        feed = MicroBatchFeed(self.learners, self.config.learner.micro_batch_groups)
+        feed = MicroBatchFeed(self.learners, self.config.learner.micro_batch_groups, total_groups=needed,
+                              extras=(lambda: self.extras.rows(step)) if self.extras is not None else None)
         kept, dropped = [], []
         wait_seconds, rounds, next_chunk = 0.0, 0, len(chunks)
         while True:
@@ -171,8 +217,9 @@ class StepPipeline:
         feed.add(filler)
         groups = kept + filler
         learner_calls = feed.calls
-        stats = {"num_sequences": sum(len(g.rollouts) for g in groups),
-                 "num_tokens": sum(g.num_tokens for g in groups)}
+        counted = groups + (feed.extras if self.objective.extra_rows_in_step_stats else [])
+        stats = {"num_sequences": sum(len(g.rollouts) for g in counted),
+                 "num_tokens": sum(g.num_tokens for g in counted)}
         # Everything from here to the next step's first generation is queued at once, in the order
         # each actor must run it (step, export, load the weights, generate), so no round trip to
         # the driver sits between the update and the next samples.
@@ -187,6 +234,8 @@ class StepPipeline:
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
+        if self.extras is not None:
+            sampling.update(self.extras.after_step(learner_out))
         return StepOutput(groups=groups, learner=learner_out, update_seconds=time.perf_counter() - t0,
                           wait_seconds=wait_seconds, dropped=_without(dropped, filler),
                           extra=sampling)
@@ -233,7 +282,7 @@ class StepPipeline:
                       file=sys.stderr, flush=True)
                 worker = self.workers[chunk.worker]
                 worker.set_weights.remote(self.weights, self.version)  # a restarted actor has initial weights
-                chunk.ref = worker.generate_groups.remote(chunk.items, chunk.seed)
+                chunk.ref = worker.generate_groups.remote(chunk.items, chunk.seed, temperature=chunk.temperature)
 
     def _send_weights(self, version: int) -> list[ray.ObjectRef]:
         """Queue the export of the learners' weights and their loading into every worker."""
@@ -249,20 +298,25 @@ class StepPipeline:
     def state_dict(self) -> dict[str, Any]:
         """Cursor and, off-policy, the groups already generated for later steps (kept exactly)."""
         pending = {step: [self._result(chunk) for chunk in chunks] for step, chunks in self.pending.items()}
-        return {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending}
+        state = {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending}
+        if self.extras is not None:
+            state["extras"] = self.extras.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
         self.next_to_submit = state["next_to_submit"]
         self.pending = {int(step): [Chunk(ray.put(groups)) for groups in chunks]
                         for step, chunks in state["pending"].items()}
+        if self.extras is not None:
+            self.extras.load_state_dict(state["extras"])
 
 
 def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
     """Sum the sums over learner ranks; weight the objective's per-token metrics by trained tokens."""
     tokens = sum(o["tokens"] for o in outputs)
     trained = sum(o["trained_tokens"] for o in outputs)
-    summed = ("loss_sum", "entropy_sum", "tokens", "trained_tokens", "skipped_groups")
+    summed = ("loss_sum", "entropy_sum", "tokens", "trained_tokens", "skipped_groups", "extra_rows")
     busiest = ("learner_seconds", "grad_norm", "learning_rate")  # the same on every rank, or the slowest rank
     first = outputs[0]
     out = {k: sum(o[k] for o in outputs) for k in summed}

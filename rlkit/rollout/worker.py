@@ -6,6 +6,7 @@ weights and their version number, and the run's reward functions.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -43,12 +44,15 @@ class RolloutWorker:
         self.policy_version = version
         return version
 
-    def generate_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int) -> list[RolloutGroup]:
-        """Sample ``num_generations`` completions for each ``(prompt_index, row)`` and score them."""
+    def generate_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *,
+                        temperature: float | None = None, group_size: int | None = None) -> list[RolloutGroup]:
+        """Sample ``num_generations`` completions for each ``(prompt_index, row)`` and score them
+        (another temperature or group size when given: AEPO's tempered samples, DPH-RL's split)."""
         column = self.config.data.prompt_column
-        group_size = self.config.rollout.num_generations
+        group_size = group_size or self.config.rollout.num_generations
+        sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
         prompt_ids = [self._encode(row[column]) for _, row in items]
-        samples = self.engine.generate(prompt_ids, group_size, self.sampling, seed=seed)
+        samples = self.engine.generate(prompt_ids, group_size, sampling, seed=seed)
         groups = []
         for (index, row), ids, group_samples in zip(items, prompt_ids, samples):
             rollouts = [self._rollout(s) for s in group_samples]

@@ -307,6 +307,16 @@ def test_selection_takes_the_first_rows_within_the_budget():
     assert aepo.select_regularizer_rows(rewards).tolist() == [0]
 
 
+def test_all_rows_mode_takes_every_tempered_sample_within_the_budget():
+    rewards = t([[1, 1, 1, 1], [0, 0, 0, 1]])  # the first group has no advantage at all
+    aepo = AEPO(AEPOConfig(max_regularizer_sequences=6, regularizer_rows="all"))
+    assert aepo.select_regularizer_rows(rewards).tolist() == [0, 1, 2, 3, 4, 5]
+    aepo.observe_entropy(5.0)  # above the target: half the budget
+    assert aepo.select_regularizer_rows(rewards).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="regularizer_rows"):
+        AEPOConfig(regularizer_rows="some")
+
+
 def test_rollout_facing_helpers():
     aepo = AEPO(AEPOConfig(target_entropy=0.5))
     assert aepo.regularizer_prompt_count(32) == 8 and aepo.regularizer_prompt_count(2) == 1

@@ -51,6 +51,11 @@ class AEPOConfig(GRPOConfig):
                 "the target (official: 60 per step of 2,560 sequences)"})
     regularizer_prompt_fraction: float = field(default=0.25, metadata={
         "help": "share of the step's prompts resampled at the regulated temperature (official: 1/4)"})
+    regularizer_rows: str = field(default="positive", metadata={
+        "help": "which tempered samples the regularizer trains on: positive (the official code: those whose "
+                "advantage exceeds regularizer_advantage_threshold, reward 1) or all (rlkit extension: every "
+                "sample, reward 1, so the pull is toward the tempered policy itself; use it where right answers "
+                "are unique, as in arith, and reinforcing them only sharpens the policy)"})
     regularizer_advantage_threshold: float = field(default=0.05, metadata={
         "help": "a regularizer sample is used when its group-relative advantage within its tempered "
                 "group exceeds this (one-sided: only better-than-average samples)"})
@@ -73,6 +78,8 @@ class AEPOConfig(GRPOConfig):
             raise ValueError(f"max_regularizer_sequences must be >= 0, got {self.max_regularizer_sequences}")
         if not 0 < self.regularizer_prompt_fraction <= 1:
             raise ValueError(f"regularizer_prompt_fraction must be in (0, 1], got {self.regularizer_prompt_fraction}")
+        if self.regularizer_rows not in ("positive", "all"):
+            raise ValueError(f"regularizer_rows {self.regularizer_rows!r} is not one of: positive, all")
         if self.regularizer_advantage_threshold < 0:
             raise ValueError("regularizer_advantage_threshold must be >= 0 (the regularizer is one-sided), "
                              f"got {self.regularizer_advantage_threshold}")
@@ -282,7 +289,10 @@ class AEPO(GRPO):
 
     def select_regularizer_rows(self, rewards: torch.Tensor) -> torch.Tensor:
         """Flat indices of the step's regularizer samples, given their ``[num_groups, G]`` rewards."""
-        eligible = eligible_regularizer_rows(rewards, self.config.regularizer_advantage_threshold)
+        if self.config.regularizer_rows == "all":
+            eligible = torch.arange(rewards.numel())
+        else:
+            eligible = eligible_regularizer_rows(rewards, self.config.regularizer_advantage_threshold)
         count = self.controller.regularizer_count(len(eligible), self.config.max_regularizer_sequences)
         return eligible[:count]
 

@@ -20,6 +20,14 @@ temp_dir=$(mktemp -d /tmp/rlkit-ray.XXXXXX)  # short: Ray's socket paths have a 
 
 ray start --head --node-ip-address 127.0.0.1 --port "$port" --num-cpus "$cpus" \
     --include-dashboard false --disable-usage-stats --temp-dir "$temp_dir" >/dev/null
-trap 'ray stop --force >/dev/null 2>&1 || true; rm -rf "$temp_dir"' EXIT
+# Stop this cluster only. `ray stop` would kill every Ray process on the machine, other users' and
+# other jobs' in-process clusters included; every process of this one names $temp_dir on its command line.
+stop_cluster() {
+    pkill -TERM -f -- "$temp_dir" 2>/dev/null || true
+    for _ in $(seq 50); do pgrep -f -- "$temp_dir" >/dev/null || break; sleep 0.2; done
+    pkill -KILL -f -- "$temp_dir" 2>/dev/null || true
+    rm -rf "$temp_dir"
+}
+trap stop_cluster EXIT
 
 rlkit train --cluster.address "127.0.0.1:$port" "$@"

@@ -45,3 +45,20 @@ def test_aepo_temperature_follows_the_entropy(tmp_path):
     _, metrics = run(tmp_path, "aepo-arith", max_steps="4", **{"objective.target_entropy": "1.5"})
     assert all(m["aepo_temperature"] == 1.2 for m in metrics)
     assert all(m["extra_rows"] > 0 for m in metrics)
+
+
+@pytest.mark.parametrize("recipe, extra", [
+    ("aepo-arith", {}),  # the driver's temperature controller and the tempered samples already queued
+    ("dph-arith", {"objective.split_prompts": "512"}),  # the stored split and the rehearsal cursor
+])
+def test_resuming_from_a_checkpoint_repeats_the_run(tmp_path, recipe, extra):
+    overrides = {**extra, "max_steps": "4", "save_steps": "2", "data.eval_limit": "20", "rollout.max_staleness": "1"}
+    summary, straight = run(tmp_path, recipe, **overrides)
+    # resume the finished run from its step-2 checkpoint: steps 3 and 4 must come out the same
+    resumed = RLTrainer.from_run(summary["run_dir"], {"logging.progress": "false"})
+    resumed.train(resume=True)
+    again = read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    assert [m["step"] for m in again] == [1, 2, 3, 4]
+    for before, after in zip(straight[2:], again[2:]):
+        for key in ("reward_mean", "loss", "entropy", "extra_rows"):
+            assert after[key] == pytest.approx(before[key], abs=1e-6), (key, before["step"])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from rlkit.config import ConfigError
 from rlkit.data import RolloutGroup
 from rlkit.rollout.extras import one_row_groups
 from rlkit.rollout.schedule import chunk_seed
@@ -50,6 +51,13 @@ def prepare_rehearsal(run_dir: Path, rows: list[dict[str, Any]], objective, acto
     pool = []
     for group in fresh:  # only correct fresh samples are stored; prompts with none are dropped
         pool += one_row_groups(group, [k for k, r in enumerate(group.rewards) if r >= threshold], source="initial")
+    if not pool:
+        best = sorted(rates, reverse=True)[:max(1, len(rates) // 20)]
+        raise ConfigError(
+            f"DPH-RL: none of the {len(measured)} measured prompts has a stored rehearsal sample: "
+            f"{len(rehearsal_ids)} reached objective.pass_threshold={cfg.pass_threshold} and none of their fresh "
+            f"samples was correct, or none reached it (the best 5% of pass rates are {min(best):.3f} or more); "
+            "lower objective.pass_threshold or raise objective.split_prompts")
     if pool:
         # the learner's own log-probs under the initial weights: u = πθ/π0 is exactly 1 at step 0
         scores = ray.get([learner.score.remote(pool) for learner in actors.learners])[0]

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from rlkit.advantages import group_relative
+from rlkit.objectives.aggregation import aggregate
 from rlkit.objectives.base import PolicyBatch
 from rlkit.objectives.grpo import GRPO, GRPOConfig, per_token_loss
 from rlkit.plugins import objective
@@ -188,15 +189,6 @@ def eligible_regularizer_rows(rewards: torch.Tensor, threshold: float = 0.05) ->
     return torch.nonzero(advantages.reshape(-1) > threshold).reshape(-1)
 
 
-def _aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str) -> torch.Tensor:
-    """Σ over sequences of the token sum (dapo, dr_grpo) or the token mean (grpo)."""
-    mask = mask.to(loss.dtype)
-    per_sequence = (loss * mask).sum(dim=1)
-    if loss_type == "grpo":
-        per_sequence = per_sequence / mask.sum(dim=1).clamp(min=1)
-    return per_sequence.sum()
-
-
 def regularizer_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor,
                          weights: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
     """Unnormalized REINFORCE regularizer, aggregated like the main loss (``config.loss_type``):
@@ -209,7 +201,7 @@ def regularizer_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mas
     """
     rows = PolicyBatch(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask, advantages=weights)
     loss, _ = per_token_loss(rows, dataclasses.replace(config, beta=0.0))
-    return _aggregate(loss, mask, config.loss_type)
+    return aggregate(loss, mask, config.loss_type)
 
 
 @objective("aepo")

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from rlkit.advantages import group_relative
+from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
 from rlkit.plugins import objective
 
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 CONTRIBUTIONS = ("gradient", "surrogate")
 MAX_LOG_RATIO = 20.0  # exp(±20) stays finite: a replayed token far off-policy cannot overflow the ratio
 
@@ -223,19 +223,10 @@ class BAPO(Objective):
             self._searches.append(bounds)
         loss, parts = per_token_loss(batch, bounds.clip_low, bounds.clip_high)
         mask = batch.mask.to(loss.dtype)
-        per_sequence = (loss * mask).sum(dim=1)
-        if self.config.loss_type == "grpo":
-            per_sequence = per_sequence / mask.sum(dim=1).clamp(min=1)
-        tokens = mask.sum().clamp(min=1)
-        metrics = {name: float((value * mask).sum() / tokens) for name, value in parts.items()}
-        return per_sequence.sum(), metrics
+        return aggregate(loss, mask, self.config.loss_type), token_means(parts, mask)
 
     def normalizer(self, stats: StepStats) -> float:
-        if self.config.loss_type == "grpo":
-            return float(max(stats.num_sequences, 1))
-        if self.config.loss_type == "dapo":
-            return float(max(stats.num_tokens, 1))
-        return float(max(stats.num_sequences * stats.max_completion_length, 1))
+        return step_normalizer(self.config.loss_type, stats)
 
     def log_metrics(self) -> dict[str, float]:
         """The step's mean bounds and its achieved ρ (ΣP / Σ(P+N) over its searches); starts a new step.

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.advantages import group_relative
+from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
-from rlkit.objectives.grpo import LOSS_TYPES, GRPOConfig, per_token_loss
+from rlkit.objectives.grpo import GRPOConfig, per_token_loss
 from rlkit.plugins import objective
 
 DIVERGENCES = ("forward_kl", "js", "reverse_kl")
@@ -252,17 +253,10 @@ class DPH(Objective):
             parts["divergence"] = divergence.detach()
             parts["log_ratio_init"] = (logprobs - init).detach()  # 0 off the rehearsal tokens
         mask_f = mask.to(loss.dtype)
-        per_sequence = (loss * mask_f).sum(dim=1)
-        if self.config.loss_type == "grpo":
-            per_sequence = per_sequence / mask_f.sum(dim=1).clamp(min=1)
-        return per_sequence.sum(), _metrics(parts, exploration, rehearsal, mask_f)
+        return aggregate(loss, mask_f, self.config.loss_type), _metrics(parts, exploration, rehearsal, mask_f)
 
     def normalizer(self, stats: StepStats) -> float:
-        if self.config.loss_type == "grpo":
-            return float(max(stats.num_sequences, 1))
-        if self.config.loss_type == "dapo":
-            return float(max(stats.num_tokens, 1))
-        return float(max(stats.num_sequences * stats.max_completion_length, 1))
+        return step_normalizer(self.config.loss_type, stats)
 
 
 def _rehearsal_rows(batch: PolicyBatch) -> torch.Tensor:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.advantages import group_relative
+from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
-from rlkit.objectives.grpo import LOSS_TYPES
 from rlkit.plugins import objective
 
 
@@ -134,16 +134,7 @@ class GBPO(Objective):
         eps_low, eps_high = self.bounds()
         loss, parts = per_token_loss(batch.logprobs, batch.old_logprobs, batch.advantages, eps_low, eps_high)
         mask = batch.mask.to(loss.dtype)
-        per_sequence = (loss * mask).sum(dim=1)
-        if self.config.loss_type == "grpo":
-            per_sequence = per_sequence / mask.sum(dim=1).clamp(min=1)
-        tokens = mask.sum().clamp(min=1)
-        metrics = {name: float((value * mask).sum() / tokens) for name, value in parts.items()}
-        return per_sequence.sum(), metrics
+        return aggregate(loss, mask, self.config.loss_type), token_means(parts, mask)
 
     def normalizer(self, stats: StepStats) -> float:
-        if self.config.loss_type == "grpo":
-            return float(max(stats.num_sequences, 1))
-        if self.config.loss_type == "dapo":
-            return float(max(stats.num_tokens, 1))
-        return float(max(stats.num_sequences * stats.max_completion_length, 1))
+        return step_normalizer(self.config.loss_type, stats)

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.advantages import group_relative
+from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
 from rlkit.plugins import objective
 
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
 
 @dataclass
@@ -96,19 +96,10 @@ class GRPO(Objective):
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = per_token_loss(batch, self.config)
         mask = batch.mask.to(loss.dtype)
-        per_sequence = (loss * mask).sum(dim=1)
-        if self.config.loss_type == "grpo":
-            per_sequence = per_sequence / mask.sum(dim=1).clamp(min=1)
-        tokens = mask.sum().clamp(min=1)
-        metrics = {name: float((value * mask).sum() / tokens) for name, value in parts.items()}
-        return per_sequence.sum(), metrics
+        return aggregate(loss, mask, self.config.loss_type), token_means(parts, mask)
 
     def normalizer(self, stats: StepStats) -> float:
-        if self.config.loss_type == "grpo":
-            return float(max(stats.num_sequences, 1))
-        if self.config.loss_type == "dapo":
-            return float(max(stats.num_tokens, 1))
-        return float(max(stats.num_sequences * stats.max_completion_length, 1))
+        return step_normalizer(self.config.loss_type, stats)
 
 
 def batch_stats(batch: PolicyBatch) -> StepStats:

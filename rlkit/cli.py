@@ -82,6 +82,8 @@ def evaluate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id "
                                         "(a run's `final/` folder, say); default: the config's model."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from a shipped recipe."),
+    pass_at: int = typer.Option(0, "--pass-at", min=0, help="Also sample 2K completions per row at the "
+                                "config's temperature and report pass@1 and pass@K (unbiased estimator)."),
 ) -> None:
     from rlkit.config import load_config, parse_override_args
     from rlkit.trainer import RLTrainer
@@ -91,11 +93,16 @@ def evaluate(
         overrides = parse_override_args(rest)
         if model:
             overrides["model.name_or_path"] = model
-        result = RLTrainer(args=load_config(config, overrides, recipe)).evaluate()
+        trainer = RLTrainer(args=load_config(config, overrides, recipe))
+        result = trainer.evaluate()
+        sampled = trainer.pass_at_k(ks=(1, pass_at), num_samples=2 * pass_at) if pass_at else None
     except ConfigError as exc:
         _fail(str(exc))
     console.print(f"pass rate {result['pass_rate']:.1%} on {result['num_rows']} rows "
                   f"(mean reward {result['reward_mean']:.3f})")
+    if sampled:
+        console.print(f"sampled: pass@1 {sampled['pass@1']:.3f}, pass@{pass_at} {sampled[f'pass@{pass_at}']:.3f} "
+                      f"({2 * pass_at} samples per row)")
 
 
 @app.command(name="list", help="List objectives, rewards, envs, recipes, or every config key.")

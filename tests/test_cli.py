@@ -71,6 +71,12 @@ def test_eval_reports_the_bundled_models_pass_rate():
     assert "pass rate" in result.output and "40 rows" in result.output
 
 
+def test_eval_reports_sampled_pass_at_k():
+    result = invoke("eval", "--pass-at", "4", "--data.eval_limit", "20")
+    assert result.exit_code == 0, result.output
+    assert "pass@1" in result.output and "pass@4" in result.output and "8 samples per row" in result.output
+
+
 def test_plot_needs_a_run_folder(tmp_path):
     result = invoke("plot", str(tmp_path))
     assert result.exit_code == 2 and "metrics.jsonl" in result.output

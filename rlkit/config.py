@@ -93,6 +93,11 @@ class RolloutConfig:
     dynamic_sampling: str = _help(
         "drop groups whose completions all scored the same and sample more prompts until the step is "
         "full (DAPO): true, false, or auto (as the objective prefers: on for dapo)", default="auto")
+    replay_fraction: float = _help(
+        "share of each step's groups replayed from earlier steps instead of generated (off-policy: the "
+        "ratio is taken against the log-probs recorded when they were sampled); 0 disables replay",
+        default=0.0)
+    replay_buffer_steps: int = _help("replayed groups come from the last this many steps", default=4)
     max_sampling_rounds: int = _help(
         "extra generation rounds a step may take to fill itself under dynamic sampling; a step still "
         "short after them is topped up with zero-variance groups (they carry no gradient)", default=3)

@@ -182,8 +182,8 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     """What one step logs: rewards and lengths from the groups, loss and entropy from the learners."""
     import statistics
 
-    # the reward of everything sampled, including groups dynamic sampling left out of the update
-    sampled = out.groups + out.dropped
+    # the reward of everything sampled this step: groups dynamic sampling left out count, replayed ones do not
+    sampled = _without(out.groups, out.replayed) + out.dropped
     rewards = [r for g in sampled for r in g.rewards]
     lengths = [len(r.completion_ids) for g in sampled for r in g.rollouts]
     versions = [g.policy_version for g in out.groups]
@@ -202,6 +202,11 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
     metrics.update(out.extra)
     return metrics
+
+
+def _without(groups: list, removed: list) -> list:
+    gone = {id(g) for g in removed}
+    return [g for g in groups if id(g) not in gone]
 
 
 def ray_get(refs):

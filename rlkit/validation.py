@@ -31,7 +31,7 @@ MINIMUMS: dict[str, float] = {
     "max_steps": 1, "save_steps": 0, "save_total_limit": 1, "eval_steps": 0,
     "rollout.num_workers": 1, "rollout.num_generations": 2, "rollout.prompts_per_step": 1,
     "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
-    "rollout.max_sampling_rounds": 0,
+    "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
     "learner.micro_batch_groups": 1, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
 }
@@ -65,6 +65,8 @@ def _check_choices_and_ranges(config: RLConfig) -> None:
         raise ConfigError(f"rollout.temperature: must be > 0, got {config.rollout.temperature}")
     if not 0 < config.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {config.rollout.top_p}")
+    if not 0 <= config.rollout.replay_fraction < 1:
+        raise ConfigError(f"rollout.replay_fraction: must be in [0, 1), got {config.rollout.replay_fraction}")
     if config.learner.learning_rate <= 0:
         raise ConfigError(f"learner.learning_rate: must be > 0, got {config.learner.learning_rate}")
 

@@ -174,3 +174,17 @@ def test_dapo_dynamic_sampling_trains_only_groups_with_a_gradient_the_same_under
     _, capped = train(tmp_path, "dapo-capped", **dapo, **{"rollout.max_sampling_rounds": "0"})
     assert all(m["sampled_groups"] == 32 and m["filler_groups"] > 0 for m in capped)
     assert all(m["skipped_groups"] >= m["filler_groups"] - 4 for m in capped)  # fillers cost (almost) nothing
+
+
+def test_replayed_groups_train_off_policy_and_resume_exactly(tmp_path):
+    # BAPO on a quarter of replayed groups: their ratio is taken against the recorded log-probs
+    replay = {"objective.name": "bapo", "rollout.replay_fraction": "0.25", "max_steps": "4", "save_steps": "2"}
+    summary, straight = train(tmp_path, "replay", **replay)
+    assert straight[0]["replayed_groups"] == 0 and all(m["replayed_groups"] == 8 for m in straight[1:])
+    assert all(m["replay_age"] >= 1 for m in straight[1:])
+    assert all(m["ratio_mean"] != 1.0 for m in straight[1:])  # the replayed rows are off-policy
+    assert all("bapo_clip_low" in m and m["grad_norm"] > 0 for m in straight)
+    # the buffer is checkpointed: resuming from step 2 repeats steps 3 and 4
+    RLTrainer.from_run(summary["run_dir"], {"logging.progress": "false"}).train(resume=True)
+    again = read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    same_curves(straight, again, keys=("reward_mean", "loss", "entropy", "ratio_mean", "replay_age"), tol=1e-6)

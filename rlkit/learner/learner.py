@@ -102,16 +102,18 @@ class Learner:
         self._sums: dict[str, float] = {}
         self._micro_batches = 0
 
-    def train_micro_batch(self, groups: list[RolloutGroup], extra: list[RolloutGroup] | None = None) -> dict[str, float]:
+    def train_micro_batch(self, groups: list[RolloutGroup], extra: list[RolloutGroup] | None = None,
+                          version: int | None = None) -> dict[str, float]:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`.
 
         ``extra`` holds one-row groups the objective asked for besides the step's groups
         (``Objective.extra_rows``: DPH-RL's stored initial-policy samples, AEPO's tempered ones).
+        ``version`` is the policy version of the learner's current weights (the step index).
         """
         started = time.perf_counter()
         groups, skipped = self._split_inert(groups)
         batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
-        policy = self._policy_batch(batch)
+        policy = self._policy_batch(batch, version)
         trained = batch.num_tokens
         entropy_sum = float((policy.entropy * policy.mask).sum())  # of the policy's own samples only
         if extra:
@@ -170,7 +172,7 @@ class Learner:
         kept = {id(g) for g in keep}
         return keep, [g for g in groups if id(g) not in kept]
 
-    def _policy_batch(self, batch: TrainBatch) -> PolicyBatch:
+    def _policy_batch(self, batch: TrainBatch, version: int | None = None) -> PolicyBatch:
         temperature = self.config.rollout.temperature
         batch = _to_device(batch, self.device)
         # transformers turns the KV cache off under gradient checkpointing; then score the long way
@@ -180,9 +182,14 @@ class Learner:
         if self.reference is not None:
             with torch.no_grad():
                 ref, _ = policy_logprobs(self.reference, batch, temperature)
-        on_policy = self.config.rollout.max_staleness == 0
-        # on-policy: pi_old is the current weights, so the ratio is exactly 1 with a live gradient
-        old = logprobs.detach() if on_policy else batch.behavior_logprobs
+        # Rows the current weights sampled take pi_old = the learner's own log-probs (the ratio is
+        # exactly 1, with a live gradient); rows of an older policy (max_staleness, replay) take the
+        # log-probs recorded when they were sampled.
+        if version is None:
+            fresh = torch.full_like(batch.policy_versions, self.config.rollout.max_staleness == 0, dtype=torch.bool)
+        else:
+            fresh = batch.policy_versions == version
+        old = torch.where(fresh.to(logprobs.device).unsqueeze(1), logprobs.detach(), batch.behavior_logprobs)
         advantages = self.objective.compute_advantages(batch.rewards).reshape(-1)
         return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=batch.completion_mask.float(),
                            advantages=advantages.to(self.device), ref_logprobs=ref,

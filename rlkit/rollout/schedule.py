@@ -20,7 +20,9 @@ if nothing had happened.
 
 from __future__ import annotations
 
+import collections
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ class StepOutput:
     update_seconds: float  # from the last micro-batch queued to the new weights loaded in every worker
     wait_seconds: float  # time the driver spent waiting for generation after the learners went idle
     dropped: list[RolloutGroup] = field(default_factory=list)  # sampled, left out by dynamic sampling
+    replayed: list[RolloutGroup] = field(default_factory=list)  # trained again from earlier steps
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,8 +93,9 @@ class MicroBatchFeed:
     with each rank's last micro-batch, so every rank runs the same number of micro-batches.
     """
 
-    def __init__(self, learners: list, size: int, total_groups: int, extras: Callable | None = None):
-        self.learners, self.size = learners, size
+    def __init__(self, learners: list, size: int, total_groups: int, version: int,
+                 extras: Callable | None = None):
+        self.learners, self.size, self.version = learners, size, version
         self.total = total_groups // size
         self._resolve_extras = extras
         self.extras: list[RolloutGroup] = []
@@ -114,9 +118,10 @@ class MicroBatchFeed:
         if self._resolve_extras is not None and last_round >= 0:
             if last_round == 0:
                 self.extras = self._resolve_extras()
-            self.calls.append(learner.train_micro_batch.remote(micro_batch, self.extras[last_round::ranks]))
+            self.calls.append(learner.train_micro_batch.remote(micro_batch, self.extras[last_round::ranks],
+                                                               version=self.version))
         else:
-            self.calls.append(learner.train_micro_batch.remote(micro_batch))
+            self.calls.append(learner.train_micro_batch.remote(micro_batch, version=self.version))
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
@@ -141,6 +146,9 @@ class StepPipeline:
         self.weights: ray.ObjectRef | None = None  # the latest exported weights, for restarted workers
         self.version = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
+        # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
+        self.replay: collections.deque[list[RolloutGroup]] = collections.deque(maxlen=config.rollout.replay_buffer_steps)
+        self.replay_counts: dict[int, int] = {}
 
     # --- producing -----------------------------------------------------------------------------
 
@@ -166,7 +174,11 @@ class StepPipeline:
         return Chunk(call, items, seed, worker, temperature=temperature)
 
     def _submit(self, step: int) -> None:
-        self.pending[step] = self._chunks(step, self.config.rollout.prompts_per_step, first_index=0, first_chunk=0)
+        rollout = self.config.rollout
+        buffered = sum(len(groups) for groups in self.replay)
+        self.replay_counts[step] = min(round(rollout.replay_fraction * rollout.prompts_per_step), buffered)
+        fresh = rollout.prompts_per_step - self.replay_counts[step]
+        self.pending[step] = self._chunks(step, fresh, first_index=0, first_chunk=0)
         if self.extras is not None:
             self.extras.submit(step, [item for chunk in self.pending[step] for item in chunk.items])
 
@@ -192,8 +204,10 @@ class StepPipeline:
     def run_step(self, step: int) -> StepOutput:
         self._fill(step)
         chunks = self.pending.pop(step)
-        needed = self.config.rollout.prompts_per_step
-        feed = MicroBatchFeed(self.learners, self.config.learner.micro_batch_groups, total_groups=needed,
+        replayed = self._draw_replay(step, self.replay_counts.pop(step, 0))
+        needed = self.config.rollout.prompts_per_step - len(replayed)
+        feed = MicroBatchFeed(self.learners, self.config.learner.micro_batch_groups,
+                              total_groups=self.config.rollout.prompts_per_step, version=step,
                               extras=(lambda: self.extras.rows(step)) if self.extras is not None else None)
         kept, dropped = [], []
         wait_seconds, rounds, next_chunk = 0.0, 0, len(chunks)
@@ -215,7 +229,8 @@ class StepPipeline:
             next_chunk += len(chunks)
         filler = [g for g in dropped if _zero_variance(g)][:needed - len(kept)]  # no gradient, keeps the shape
         feed.add(filler)
-        groups = kept + filler
+        feed.add(replayed)
+        groups = kept + filler + replayed
         learner_calls = feed.calls
         counted = groups + (feed.extras if self.objective.extra_rows_in_step_stats else [])
         stats = {"num_sequences": sum(len(g.rollouts) for g in counted),
@@ -226,6 +241,8 @@ class StepPipeline:
         steps = [l.step.remote(stats, step) for l in self.learners]
         t0 = time.perf_counter()
         loaded = self._send_weights(step + 1)
+        if self.config.rollout.replay_fraction > 0:
+            self.replay.append(kept + filler)  # before the next steps are submitted: they may replay it
         if step + 1 < self.config.max_steps:
             self._fill(step + 1)
         ray.get(learner_calls)
@@ -236,9 +253,20 @@ class StepPipeline:
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
         if self.extras is not None:
             sampling.update(self.extras.after_step(learner_out))
+        if self.config.rollout.replay_fraction > 0:
+            sampling["replayed_groups"] = len(replayed)
+            sampling["replay_age"] = statistics.fmean(step - g.policy_version for g in replayed) if replayed else 0.0
         return StepOutput(groups=groups, learner=learner_out, update_seconds=time.perf_counter() - t0,
-                          wait_seconds=wait_seconds, dropped=_without(dropped, filler),
+                          wait_seconds=wait_seconds, dropped=_without(dropped, filler), replayed=replayed,
                           extra=sampling)
+
+    def _draw_replay(self, step: int, count: int) -> list[RolloutGroup]:
+        """``count`` groups of the buffered steps, drawn without replacement with a per-step seed."""
+        if not count:
+            return []
+        pool = [group for groups in self.replay for group in groups]
+        picks = np.random.default_rng([self.config.seed, 13, step]).choice(len(pool), size=count, replace=False)
+        return [pool[i] for i in sorted(picks)]
 
     def _arrivals(self, chunks: list[Chunk]):
         """Yield ``(chunk, groups, seconds waited)``: in index order under ``sync`` and dynamic
@@ -298,7 +326,8 @@ class StepPipeline:
     def state_dict(self) -> dict[str, Any]:
         """Cursor and, off-policy, the groups already generated for later steps (kept exactly)."""
         pending = {step: [self._result(chunk) for chunk in chunks] for step, chunks in self.pending.items()}
-        state = {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending}
+        state = {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending,
+                 "replay": list(self.replay), "replay_counts": dict(self.replay_counts)}
         if self.extras is not None:
             state["extras"] = self.extras.state_dict()
         return state
@@ -308,6 +337,8 @@ class StepPipeline:
         self.next_to_submit = state["next_to_submit"]
         self.pending = {int(step): [Chunk(ray.put(groups)) for groups in chunks]
                         for step, chunks in state["pending"].items()}
+        self.replay.extend(state.get("replay", []))
+        self.replay_counts = {int(k): v for k, v in state.get("replay_counts", {}).items()}
         if self.extras is not None:
             self.extras.load_state_dict(state["extras"])
 

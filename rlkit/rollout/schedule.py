@@ -242,7 +242,9 @@ class StepPipeline:
         t0 = time.perf_counter()
         loaded = self._send_weights(step + 1)
         if self.config.rollout.replay_fraction > 0:
-            self.replay.append(kept + filler)  # before the next steps are submitted: they may replay it
+            # in prompt order, not arrival order, so which groups a later step replays depends only on
+            # the seeds; and before the next steps are submitted, since they may replay it
+            self.replay.append(sorted(kept + filler, key=lambda g: g.prompt_index))
         if step + 1 < self.config.max_steps:
             self._fill(step + 1)
         ray.get(learner_calls)

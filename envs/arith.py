@@ -66,6 +66,7 @@ class ArithEnv(Environment):
     """Integer arithmetic with exact answers; difficulty 1-5, seeded, held-out eval split."""
 
     default_rewards = ("exact_match",)
+    required_columns = ("answer",)
 
     def __init__(self, difficulty: int = 1, train_size: int = 20000, eval_size: int = 200, seed: int = 0):
         if difficulty not in LEVELS:

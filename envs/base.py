@@ -25,6 +25,9 @@ class Environment:
     default_rewards: ClassVar[tuple[str, ...]] = ()
     #: 1 for single-turn environments
     max_turns: ClassVar[int] = 1
+    #: columns every row must hold (non-blank text or a number) besides the prompt; checked with
+    #: the row's number when rows are loaded (``data.on_bad_row``), so no reward meets a bad row mid-run
+    required_columns: ClassVar[tuple[str, ...]] = ()
 
     def dataset(self, split: str) -> list[dict[str, Any]]:
         """Rows for ``split`` ("train" or "eval"); each has at least a ``prompt`` column."""

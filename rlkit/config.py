@@ -71,6 +71,13 @@ class RewardsConfig:
     weights: list[float] | None = _help("one weight per reward function (default all 1)", default=None)
     pass_threshold: float = _help("a greedy completion passes evaluation when its total reward is at least this",
                                   default=1.0)
+    args: dict[str, dict[str, Any]] = _help(
+        "constructor arguments of class-based reward plugins, by name (e.g. {format: {pattern: ...}})",
+        default_factory=dict)
+    timeout_s: float = _help("seconds one reward call may take before it counts as a failure", default=30.0)
+    num_workers: int = _help(
+        "reward actors per rollout worker (a hung reward is killed with its actor); 0 calls rewards in the "
+        "rollout worker itself, where a hung call is abandoned on a thread", default=1)
 
 
 @dataclass

@@ -23,6 +23,15 @@ class Rollout:
     truncated: bool  # hit max_completion_length without an end-of-sequence token
     reward: float = 0.0
     reward_components: dict[str, float | None] = field(default_factory=dict)
+    # Multi-turn episodes (None for single-turn completions): the completion is every token after
+    # the prompt, the model's turns and the environment's feedback in between.
+    loss_mask: list[int] | None = None  # 1 on the model's tokens, 0 on the environment's
+    token_turns: list[int] | None = None  # the turn each token belongs to (0-based)
+    turn_rewards: list[float] | None = None  # the environment's reward for each turn the model took
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return len(self.completion_ids) if self.loss_mask is None else sum(self.loss_mask)
 
 
 @dataclass
@@ -36,6 +45,8 @@ class RolloutGroup:
     rollouts: list[Rollout]
     policy_version: int
     source: str = "policy"  # which model produced it (collaborators later)
+    # reward and environment failures met while scoring this group (logged by the driver)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def rewards(self) -> list[float]:
@@ -43,7 +54,12 @@ class RolloutGroup:
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(r.completion_ids) for r in self.rollouts)
+        """Tokens the model generated (what the loss counts; environment tokens are not)."""
+        return sum(r.num_generated_tokens for r in self.rollouts)
+
+    @property
+    def multi_turn(self) -> bool:
+        return any(r.turn_rewards is not None for r in self.rollouts)
 
 
 @dataclass
@@ -61,6 +77,11 @@ class TrainBatch:
     rewards: torch.Tensor  # [num_groups, G]
     policy_versions: torch.Tensor  # [B]
     group_size: int
+    # Multi-turn batches only (None otherwise); environment tokens are attended to but not trained on.
+    completion_attention: torch.Tensor | None = None  # [B, C] 1 on every real token, model's or environment's
+    token_turns: torch.Tensor | None = None  # [B, C] turn index of each token, 0 on padding
+    turn_rewards: torch.Tensor | None = None  # [num_groups, G, T] reward of each turn, 0 where not reached
+    turn_reached: torch.Tensor | None = None  # [num_groups, G, T] bool: the episode took that turn
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -68,7 +89,8 @@ class TrainBatch:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+        completion = self.completion_mask if self.completion_attention is None else self.completion_attention
+        return torch.cat([self.prompt_mask, completion], dim=1)
 
     @property
     def num_sequences(self) -> int:
@@ -99,10 +121,33 @@ class TrainBatch:
                 completion_ids[i, :c] = torch.tensor(rollout.completion_ids)
                 completion_mask[i, :c] = 1
                 behavior[i, :c] = torch.tensor(rollout.behavior_logprobs)
-        return cls(
+        batch = cls(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
             completion_mask=completion_mask, behavior_logprobs=behavior,
             rewards=torch.tensor([g.rewards for g in groups], dtype=torch.float32),
             policy_versions=torch.tensor([g.policy_version for g, _ in rows]),
             group_size=sizes.pop(),
         )
+        if any(g.multi_turn for g in groups):
+            _add_turns(batch, groups, [r for _, r in rows])
+        return batch
+
+
+def _add_turns(batch: TrainBatch, groups: list[RolloutGroup], rollouts: list[Rollout]) -> None:
+    """Fill the multi-turn fields; a single-turn rollout among them counts as a one-turn episode."""
+    batch.completion_attention = batch.completion_mask.clone()
+    batch.token_turns = torch.zeros_like(batch.completion_ids)
+    num_turns = max(len(r.turn_rewards or [0.0]) for r in rollouts)
+    turn_rewards = torch.zeros((len(rollouts), num_turns), dtype=torch.float32)
+    reached = torch.zeros((len(rollouts), num_turns), dtype=torch.bool)
+    for i, rollout in enumerate(rollouts):
+        c = len(rollout.completion_ids)
+        per_turn = rollout.turn_rewards if rollout.turn_rewards is not None else [rollout.reward]
+        turn_rewards[i, :len(per_turn)] = torch.tensor(per_turn, dtype=torch.float32)
+        reached[i, :len(per_turn)] = True
+        if rollout.loss_mask is not None and c:
+            batch.completion_mask[i, :c] = torch.tensor(rollout.loss_mask)
+        if rollout.token_turns is not None and c:
+            batch.token_turns[i, :c] = torch.tensor(rollout.token_turns)
+    shape = (len(groups), batch.group_size, num_turns)
+    batch.turn_rewards, batch.turn_reached = turn_rewards.reshape(shape), reached.reshape(shape)

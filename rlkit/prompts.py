@@ -2,50 +2,114 @@
 
 from __future__ import annotations
 
+import json
+import math
+import numbers
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from rlkit.config import ConfigError, DataConfig
 
+#: local file suffixes read as datasets, and the ``datasets`` builder used for the columnar ones
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
-def load_rows(source: str, split: str, data: DataConfig) -> list[dict[str, Any]]:
+
+def load_rows(source: str, split: str, data: DataConfig, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows of a local file, a ``save_to_disk`` folder or a hub dataset, checked by :func:`check_rows`."""
-    return check_rows(_read(source, split), data, origin=source)
+    return check_rows(read_rows(source, split), data, origin=source, required=required)
 
 
-def _read(source: str, split: str) -> list[dict[str, Any]]:
-    import datasets
+def read_rows(source: str, split: str) -> list[dict[str, Any]]:
+    """Every row of ``source``, in file order, unchecked.
 
+    ``source`` is a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file, a folder written by
+    ``datasets``' ``save_to_disk`` (``split`` picks from a ``DatasetDict``), or a hub dataset id
+    (``split`` is read). JSON and JSON Lines are parsed here rather than by ``datasets``: Arrow
+    refuses a column whose type changes between rows, which would hide the bad row's number.
+    """
     path = Path(source).expanduser()
-    builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+    if not path.exists() and looks_local(source):
+        raise ConfigError(f"no such file {source}")
+    if path.is_file() and path.suffix not in FILE_TYPES:
+        raise ConfigError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(FILE_TYPES)})")
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
+        return _read_json(path)
     try:
-        if path.is_file():
-            if path.suffix not in builders:
-                raise ConfigError(f"{path}: unsupported file type {path.suffix!r} "
-                                  f"(use {', '.join(builders)})")
-            dataset = datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train")
-        elif path.is_dir():
-            dataset = datasets.load_from_disk(str(path))
-            if isinstance(dataset, datasets.DatasetDict):
-                dataset = dataset[split]
-        else:
-            dataset = datasets.load_dataset(source, split=split)  # a hub id the user named
+        return [dict(row) for row in _load_with_datasets(source, path, split)]
     except ConfigError:
         raise
     except Exception as exc:
         raise ConfigError(f"cannot read dataset {source!r}: {type(exc).__name__}: {exc}") from exc
-    return [dict(row) for row in dataset]
 
 
-def check_rows(rows: Iterable[Any], data: DataConfig, origin: str) -> list[dict[str, Any]]:
-    """Refuse (or skip, per ``data.on_bad_row``) rows without a non-empty string prompt."""
+_read = read_rows  # the name this helper had before it was public
+
+
+def looks_local(source: str) -> bool:
+    """True when ``source`` names a local path (a known suffix, or an explicit / . ~ start), not a hub id."""
+    return source.endswith(tuple(FILE_TYPES)) or source.startswith(("/", ".", "~"))
+
+
+def has_splits(source: str) -> bool:
+    """Whether ``source`` holds named splits: a hub id or a saved ``DatasetDict``; a single file has none."""
+    path = Path(source).expanduser()
+    if path.is_file() or (not path.exists() and looks_local(source)):
+        return False
+    return not path.is_dir() or (path / "dataset_dict.json").is_file()
+
+
+def _load_with_datasets(source: str, path: Path, split: str):
+    import datasets
+
+    if path.is_file():
+        return datasets.load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
+    if path.is_dir():
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ConfigError(f"{path}: no split {split!r} (splits: {', '.join(dataset)})")
+            dataset = dataset[split]
+        return dataset
+    return datasets.load_dataset(source, split=split)  # a hub id the user named
+
+
+def _read_json(path: Path) -> list[Any]:
+    """A JSON array of objects, or JSON Lines (one object per non-blank line; also accepted as .json)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # perhaps JSON Lines under a .json name
+        if isinstance(whole, list):
+            return whole
+        if whole is not None:
+            raise ConfigError(f"{path}: expected a JSON array of rows or JSON Lines, got a {type(whole).__name__}")
+    rows = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {line_number}: not valid JSON ({exc.msg})") from exc
+    return rows
+
+
+def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
+               required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Refuse (or skip, per ``data.on_bad_row``) malformed rows, naming each by its 1-based number.
+
+    A row is usable when its prompt column holds non-blank text and every ``required`` column
+    (an environment's ``required_columns``, e.g. ``answer``) holds non-blank text or a finite
+    number. Everything is checked here, when rows are loaded, so nothing fails mid-run.
+    """
     good: list[dict[str, Any]] = []
-    column = data.prompt_column
     for number, row in enumerate(rows, start=1):
-        problem = _row_problem(row, column)
+        problem = row_problem(row, data.prompt_column, required)
         if problem is None:
             good.append(row)
             continue
@@ -58,16 +122,42 @@ def check_rows(rows: Iterable[Any], data: DataConfig, origin: str) -> list[dict[
     return good
 
 
-def _row_problem(row: Any, column: str) -> str | None:
+def row_problem(row: Any, prompt_column: str, required: Sequence[str] = ()) -> str | None:
+    """What is wrong with ``row`` (a short phrase), or None when it is usable."""
     if not isinstance(row, dict):
         return f"expected a mapping of columns, got {type(row).__name__}"
-    if column not in row:
-        return f"missing the prompt column {column!r} (columns: {', '.join(map(str, row)) or 'none'})"
-    if not isinstance(row[column], str):
-        return f"prompt column {column!r} is {type(row[column]).__name__}, expected text"
-    if not row[column].strip():
-        return f"empty prompt in column {column!r}"
+    if prompt_column not in row:
+        return f"missing the prompt column {prompt_column!r} ({_columns_of(row)})"
+    prompt = row[prompt_column]
+    if prompt is None:
+        return f"no value in the prompt column {prompt_column!r}"
+    if not isinstance(prompt, str):
+        return f"prompt column {prompt_column!r} is {type(prompt).__name__}, expected text"
+    if not prompt.strip():
+        return f"empty prompt in column {prompt_column!r}"
+    for column in required:
+        problem = _value_problem(row, column)
+        if problem is not None:
+            return problem
     return None
+
+
+def _value_problem(row: dict[str, Any], column: str) -> str | None:
+    """A required column must hold non-blank text or a finite number (bools are neither)."""
+    if column not in row:
+        return f"missing the required column {column!r} ({_columns_of(row)})"
+    value = row[column]
+    if value is None:
+        return f"no value in the required column {column!r}"
+    if isinstance(value, str):
+        return None if value.strip() else f"empty value in the required column {column!r}"
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return None if math.isfinite(value) else f"required column {column!r} is {value}, expected a finite number"
+    return f"required column {column!r} is {type(value).__name__}, expected text or a number"
+
+
+def _columns_of(row: dict[str, Any]) -> str:
+    return f"columns: {', '.join(map(str, row)) or 'none'}"
 
 
 class PromptSource:

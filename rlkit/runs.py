@@ -49,6 +49,15 @@ class RunDirectory:
     final_model_dir = property(lambda self: self.path / "final")
     plot_path = property(lambda self: self.path / "reward_curve.png")
     summary_path = property(lambda self: self.path / "summary.json")
+    failures_path = property(lambda self: self.path / "failures.jsonl")  # reward/environment failures, kept whole
+
+    def append_failures(self, step: int, failures: list[dict[str, Any]]) -> None:
+        """Keep each failed reward call or environment step, with its sample, for inspection."""
+        if not failures:
+            return
+        with open(self.failures_path, "a") as f:
+            for failure in failures:
+                f.write(json.dumps({"step": step, **failure}, default=str) + "\n")
 
     def create(self, config: dict[str, Any], *, resume: bool) -> None:
         self.check_usable(resume=resume)

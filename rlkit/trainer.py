@@ -65,11 +65,14 @@ class RLTrainer:
         return cls(args=config)
 
     def _rows(self, dataset: Any, file: str | None, split: str) -> list[dict[str, Any]]:
+        """Rows for ``split``, checked now: a prompt, plus the columns the environment's rewards need."""
+        required = getattr(self.env, "required_columns", ())
         if dataset is not None:
-            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset")
+            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset", required=required)
         if file:
-            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data)
-        return check_rows(self.env.dataset(split), self.config.data, origin=f"environment {self.config.env.name}")
+            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, required=required)
+        return check_rows(self.env.dataset(split), self.config.data, origin=f"environment {self.config.env.name}, {split} split",
+                          required=required)
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass rate of the configured model on the eval rows, in this process (no Ray)."""
@@ -131,6 +134,7 @@ class RLTrainer:
                 t0 = time.perf_counter()
                 out = pipeline.run_step(step)
                 metrics = step_metrics(out, step, time.perf_counter() - t0)
+                run.append_failures(step + 1, [f for g in sampled_groups(out) for f in g.failures])
                 if config.eval_steps and (step + 1) % config.eval_steps == 0 and step + 1 < config.max_steps:
                     metrics["eval_pass_rate"] = self._evaluate(actors)["pass_rate"]
                 logger.log(step + 1, metrics)
@@ -182,10 +186,9 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     """What one step logs: rewards and lengths from the groups, loss and entropy from the learners."""
     import statistics
 
-    # the reward of everything sampled this step: groups dynamic sampling left out count, replayed ones do not
-    sampled = _without(out.groups, out.replayed) + out.dropped
+    sampled = sampled_groups(out)
     rewards = [r for g in sampled for r in g.rewards]
-    lengths = [len(r.completion_ids) for g in sampled for r in g.rollouts]
+    lengths = [r.num_generated_tokens for g in sampled for r in g.rollouts]  # the model's own tokens
     versions = [g.policy_version for g in out.groups]
     learner = out.learner
     metrics = {
@@ -198,10 +201,18 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
         "update_seconds": out.update_seconds,
         "solved_groups": sum(all(r > 0 for r in g.rewards) for g in sampled) / len(sampled),
         "zero_variance_groups": sum(len(set(g.rewards)) == 1 for g in sampled) / len(sampled),
+        "failures": sum(len(g.failures) for g in sampled),  # reward and environment failures (failures.jsonl)
     }
+    if any(g.multi_turn for g in sampled):
+        metrics["turns_mean"] = statistics.fmean(len(r.turn_rewards or [0]) for g in sampled for r in g.rollouts)
     metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
     metrics.update(out.extra)
     return metrics
+
+
+def sampled_groups(out) -> list:
+    """What was sampled this step: groups dynamic sampling left out count, replayed ones do not."""
+    return _without(out.groups, out.replayed) + out.dropped
 
 
 def _without(groups: list, removed: list) -> list:
@@ -232,6 +243,11 @@ def _make_env(config: RLConfig):
 
 def _reward_list(given, config: RLConfig, env) -> list[tuple[str, RewardFn | str]]:
     """(name, function or plugin reference) pairs; references are resolved inside each worker."""
+    if getattr(env, "multi_turn", False):
+        if given or config.rewards.funcs:
+            raise ConfigError(f"environment {config.env.name!r} is multi-turn and scores each turn itself; "
+                              "leave rewards.funcs empty")
+        return []
     names = given or config.rewards.funcs or list(env.default_rewards)
     if not names:
         raise ConfigError(f"no reward functions: set rewards.funcs (environment {config.env.name!r} has no default)")

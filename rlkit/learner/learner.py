@@ -162,8 +162,8 @@ class Learner:
         """(groups to train on, groups the objective says add nothing: all advantages zero)."""
         if not self.objective.zero_advantage_is_inert():
             return groups, []
-        rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-        live = self.objective.compute_advantages(rewards).abs().amax(dim=1) > 0
+        advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
+        live = advantages.reshape(len(groups), -1).abs().amax(dim=1) > 0
         keep = [g for g, alive in zip(groups, live.tolist()) if alive]
         if not keep:
             # every rank must run one forward and backward per micro-batch (ZeRO's collectives pair
@@ -190,7 +190,7 @@ class Learner:
         else:
             fresh = batch.policy_versions == version
         old = torch.where(fresh.to(logprobs.device).unsqueeze(1), logprobs.detach(), batch.behavior_logprobs)
-        advantages = self.objective.compute_advantages(batch.rewards).reshape(-1)
+        advantages = batch_advantages(self.objective, batch)
         return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=batch.completion_mask.float(),
                            advantages=advantages.to(self.device), ref_logprobs=ref,
                            behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach())
@@ -262,6 +262,19 @@ class Learner:
         Path(path).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+
+
+def batch_advantages(objective, batch: TrainBatch) -> torch.Tensor:
+    """``[B]`` per sequence, or ``[B, C]`` per token for turn-level objectives (each token takes
+    the advantage of its turn; environment tokens get 0)."""
+    if not objective.turn_level:
+        return objective.compute_advantages(batch.rewards).reshape(-1)
+    if batch.turn_rewards is None:  # single-turn groups are one-turn episodes
+        one_turn = batch.rewards.unsqueeze(-1)
+        return objective.compute_turn_advantages(one_turn, torch.ones_like(one_turn, dtype=torch.bool)).reshape(-1)
+    per_turn = objective.compute_turn_advantages(batch.turn_rewards, batch.turn_reached)
+    per_turn = per_turn.reshape(batch.num_sequences, -1).to(batch.token_turns.device)
+    return per_turn.gather(1, batch.token_turns) * batch.completion_mask
 
 
 def _device() -> torch.device:

@@ -34,7 +34,7 @@ class PolicyBatch:
     logprobs: torch.Tensor  # current policy, with gradient
     old_logprobs: torch.Tensor  # the policy the ratio is taken against (detached)
     mask: torch.Tensor  # 1 (or True) on tokens that count in the loss
-    advantages: torch.Tensor  # [B]
+    advantages: torch.Tensor  # [B], or [B, T] per token for turn-level objectives (see Objective.turn_level)
     ref_logprobs: torch.Tensor | None = None  # frozen reference, when the objective needs it
     behavior_logprobs: torch.Tensor | None = None  # what the rollout engine sampled with
     entropy: torch.Tensor | None = None  # current policy's per-token entropy (detached)
@@ -65,6 +65,9 @@ class Objective(abc.ABC):
     extra_rows: ClassVar[str | None] = None
     # whether those rows count in the step's StepStats (the normalizer's sequences and tokens)
     extra_rows_in_step_stats: ClassVar[bool] = False
+    # True: advantages are computed per turn of multi-turn episodes (compute_turn_advantages) and
+    # reach loss_sum as [B, T] per token; single-turn groups are then one-turn episodes
+    turn_level: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -86,6 +89,13 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """``[num_groups, G]`` rewards -> ``[num_groups, G]`` advantages."""
+
+    def compute_turn_advantages(self, turn_rewards: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
+        """``[num_groups, G, T]`` per-turn rewards (0 where ``reached`` is False) -> per-turn advantages.
+
+        Only called when ``turn_level`` is True.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no turn-level advantages")
 
     @abc.abstractmethod
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -123,6 +133,11 @@ class Objective(abc.ABC):
     def log_metrics(self) -> dict[str, float]:
         """Per-step values of adaptive state to log (empty for stateless objectives)."""
         return {}
+
+
+def per_token(advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages shaped to broadcast over ``[B, T]`` tokens: ``[B]`` becomes ``[B, 1]``."""
+    return advantages if advantages.dim() == 2 else advantages.unsqueeze(1)
 
 
 def _pad_to(tensor: torch.Tensor, width: int) -> torch.Tensor:

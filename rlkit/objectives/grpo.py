@@ -8,7 +8,7 @@ import torch
 
 from rlkit.advantages import group_relative
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
-from rlkit.objectives.base import Objective, PolicyBatch, StepStats
+from rlkit.objectives.base import Objective, PolicyBatch, StepStats, per_token
 from rlkit.plugins import objective
 
 
@@ -43,7 +43,7 @@ def per_token_loss(batch: PolicyBatch, config: GRPOConfig) -> tuple[torch.Tensor
     eps_low = config.epsilon
     eps_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
     ratio = torch.exp(batch.logprobs - batch.old_logprobs)
-    advantages = batch.advantages.unsqueeze(1)
+    advantages = per_token(batch.advantages)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     loss = -torch.min(ratio * advantages, clipped * advantages)
     # the clip "binds" (zeroes the token's gradient) only on the side the advantage pushes toward

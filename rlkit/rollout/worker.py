@@ -14,7 +14,9 @@ import torch
 
 from rlkit.config import RLConfig
 from rlkit.data import Rollout, RolloutGroup
-from rlkit.reward_runner import RewardFn, RewardRunner
+from rlkit.reward_pool import build_reward_scorer
+from rlkit.reward_runner import RewardFn
+from rlkit.rollout.episodes import EpisodeRunner
 from rlkit.rollout.hf_engine import HFEngine, SamplingParams
 
 
@@ -30,14 +32,17 @@ class RolloutWorker:
         if torch.cuda.is_available():
             model = model.to("cuda")
         self.engine = HFEngine(model, self.tokenizer)
-        from rlkit.plugins import rewards as reward_registry
-
-        resolved = [(name, reward_registry.get(fn) if isinstance(fn, str) else fn) for name, fn in reward_funcs]
-        self.rewards = RewardRunner(resolved, config.rewards.weights)
+        # plugin references are resolved where the rewards run (the reward actors, or here)
+        self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards) if reward_funcs else None
         self.policy_version = 0
         rollout = config.rollout
         self.sampling = SamplingParams(max_new_tokens=rollout.max_completion_length,
                                        temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k)
+        self.episodes = _episode_runner(config, self.engine, self.tokenizer, model)
+
+    @property
+    def multi_turn(self) -> bool:
+        return self.episodes is not None
 
     def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
         self.engine.load_weights(state_dict)
@@ -51,26 +56,54 @@ class RolloutWorker:
         column = self.config.data.prompt_column
         group_size = group_size or self.config.rollout.num_generations
         sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
+        if self.multi_turn:
+            return self._episode_groups(items, seed, sampling, group_size)
         prompt_ids = [self._encode(row[column]) for _, row in items]
         samples = self.engine.generate(prompt_ids, group_size, sampling, seed=seed)
+        groups = [RolloutGroup(prompt_index=index, prompt=row[column], prompt_ids=ids, row=row,
+                               rollouts=[self._rollout(s) for s in group_samples], policy_version=self.policy_version)
+                  for (index, row), ids, group_samples in zip(items, prompt_ids, samples)]
+        self._score(groups)
+        return groups
+
+    def _score(self, groups: list[RolloutGroup]) -> None:
+        """Reward every completion of ``groups`` in one call (one round trip to the reward actors);
+        failures go to the group they happened in."""
+        pairs = [(g, r) for g in groups for r in g.rollouts]
+        outcome = self.rewards.score([g.prompt for g, _ in pairs], [r.text for _, r in pairs],
+                                     [r.completion_ids for _, r in pairs], [g.row for g, _ in pairs])
+        for (_, rollout), total, parts in zip(pairs, outcome.totals, outcome.components):
+            rollout.reward, rollout.reward_components = total, parts
+        size = len(groups[0].rollouts) if groups else 1
+        for example in outcome.failure_examples:
+            groups[min(example.get("index", 0) or 0, len(pairs) - 1) // size].failures.append(example)
+
+    def _episode_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, sampling: SamplingParams,
+                        group_size: int) -> list[RolloutGroup]:
+        rows = [row for _, row in items]
+        episodes = self.episodes.run(rows, group_size, sampling, seed=seed)
         groups = []
-        for (index, row), ids, group_samples in zip(items, prompt_ids, samples):
-            rollouts = [self._rollout(s) for s in group_samples]
-            outcome = self.rewards.score([row[column]] * group_size, [r.text for r in rollouts],
-                                         [r.completion_ids for r in rollouts], [row] * group_size)
-            for rollout, total, parts in zip(rollouts, outcome.totals, outcome.components):
-                rollout.reward, rollout.reward_components = total, parts
-            groups.append(RolloutGroup(prompt_index=index, prompt=row[column], prompt_ids=ids, row=row,
+        for (index, row), rollouts in zip(items, episodes):
+            prompt = self.episodes.prompt(row)
+            groups.append(RolloutGroup(prompt_index=index, prompt=prompt, prompt_ids=self._encode(prompt), row=row,
                                        rollouts=rollouts, policy_version=self.policy_version))
+        groups[0].failures.extend(self.episodes.failures)  # environment errors of this batch
+        self.episodes.failures.clear()
         return groups
 
     def evaluate(self, rows: list[dict[str, Any]], pass_threshold: float, batch_size: int = 256) -> dict[str, float]:
-        """Greedy pass rate: the share of rows whose greedy completion earns >= ``pass_threshold``."""
+        """Greedy pass rate: the share of rows whose greedy completion (or, in a multi-turn
+        environment, greedy episode) earns >= ``pass_threshold`` in total."""
         column = self.config.data.prompt_column
         greedy = SamplingParams(max_new_tokens=self.config.rollout.max_completion_length, greedy=True)
         passed, reward_sum = 0, 0.0
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
+            if self.multi_turn:
+                totals = [group[0].reward for group in self.episodes.run(chunk, 1, greedy)]
+                passed += sum(total >= pass_threshold for total in totals)
+                reward_sum += sum(totals)
+                continue
             ids = [self._encode(row[column]) for row in chunk]
             outs = [group[0] for group in self.engine.generate(ids, 1, greedy)]
             texts = [self._decode(s.completion_ids) for s in outs]
@@ -85,17 +118,12 @@ class RolloutWorker:
         sampling settings of the run: ``1 − C(n−c, k) / C(n, k)`` averaged over rows, c = correct."""
         if max(ks) > num_samples:
             raise ValueError(f"pass@{max(ks)} needs num_samples >= {max(ks)}, got {num_samples}")
-        column = self.config.data.prompt_column
         totals = dict.fromkeys(ks, 0.0)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            ids = [self._encode(row[column]) for row in chunk]
-            groups = self.engine.generate(ids, num_samples, self.sampling, seed=seed + start)
-            for row, samples in zip(chunk, groups):
-                texts = [self._decode(s.completion_ids) for s in samples]
-                scores = self.rewards.score([row[column]] * num_samples, texts,
-                                            [s.completion_ids for s in samples], [row] * num_samples)
-                correct = sum(total >= pass_threshold for total in scores.totals)
+            items = list(enumerate(chunk))
+            for group in self.generate_groups(items, seed + start, group_size=num_samples):
+                correct = sum(r.reward >= pass_threshold for r in group.rollouts)
                 for k in ks:
                     totals[k] += unbiased_pass_at_k(num_samples, correct, k)
         return {f"pass@{k}": totals[k] / len(rows) for k in ks} | {"num_rows": len(rows)}
@@ -110,6 +138,18 @@ class RolloutWorker:
         return Rollout(completion_ids=sample.completion_ids, behavior_logprobs=sample.logprobs,
                        entropies=sample.entropies, text=self._decode(sample.completion_ids),
                        truncated=sample.truncated)
+
+
+def _episode_runner(config: RLConfig, engine: HFEngine, tokenizer, model) -> EpisodeRunner | None:
+    """An episode runner when the run's environment is multi-turn, else None."""
+    from rlkit.plugins import envs
+
+    env_class = envs.get(config.env.name)
+    if not getattr(env_class, "multi_turn", False):
+        return None
+    env = env_class(**config.env.args)
+    max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    return EpisodeRunner(engine, tokenizer, env, max_turns=env.max_turns, max_positions=max_positions)
 
 
 def unbiased_pass_at_k(n: int, c: int, k: int) -> float:

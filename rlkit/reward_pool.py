@@ -1,0 +1,173 @@
+"""Reward functions run in a pool of Ray actors, each call with a timeout.
+
+``build_reward_scorer(funcs, weights, rewards_config)`` returns the scorer a rollout worker uses:
+a :class:`RewardPool` of ``rewards.num_workers`` actors, or with ``num_workers=0`` (or outside a
+Ray session) a :class:`~rlkit.reward_runner.RewardRunner` in the calling process. Both have
+``score(prompts, completions, completion_ids, rows) -> RewardOutcome`` and ``close()``.
+
+In the pool, reward ``f`` always runs on actor ``f % num_actors`` and always on the whole batch
+(a reward may compare the completions of a group), so what it returns never depends on timing.
+An actor runs one call at a time (the next is sent when the last came back), and each call gets
+``timeout_s`` from when it is sent. A call that runs longer is a failure ("timeout after Xs"): its
+actor is killed and replaced, and the rewards still to run on it go to the replacement. An actor
+whose process died (a reward that called ``os._exit``, a segfault) is replaced the same way. Either
+way the other rewards of the batch still count. Counting and weighting are those of
+:mod:`rlkit.reward_runner`, shared with the in-process path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rlkit.reward_runner import (RewardBatch, RewardFn, RewardOutcome, RewardRunner, RewardScores, check_weights,
+                                 combine, resolve_reward_funcs, score_one)
+
+logger = logging.getLogger("rlkit.rewards")
+START_TIMEOUT_S = 300.0  # an actor that is not up by then means the cluster cannot place it
+
+
+class RewardScorer(Protocol):
+    def score(self, prompts: list[Any], completions: list[str], completion_ids: list[list[int]],
+              rows: list[dict[str, Any]]) -> RewardOutcome: ...
+
+    def close(self) -> None: ...
+
+
+def build_reward_scorer(funcs: list[tuple[str, RewardFn | str | type]], weights: list[float] | None,
+                        rewards_config) -> RewardScorer:
+    """The scorer ``rewards_config`` (a :class:`~rlkit.config.RewardsConfig`) asks for.
+
+    ``funcs`` may hold plugin references and classes: they are resolved where the rewards run.
+    """
+    check_weights(weights, len(funcs))
+    if rewards_config.num_workers >= 1 and ray.is_initialized():
+        return RewardPool(funcs, weights, args=rewards_config.args, timeout_s=rewards_config.timeout_s,
+                          num_workers=rewards_config.num_workers)
+    if rewards_config.num_workers >= 1:
+        logger.info("no Ray session: rewards run in this process (as with rewards.num_workers=0)")
+    return RewardRunner(resolve_reward_funcs(funcs, rewards_config.args), weights, timeout_s=rewards_config.timeout_s)
+
+
+class RewardActor:
+    """Holds the resolved reward functions; one call scores one function on one batch."""
+
+    def __init__(self, funcs: list[tuple[str, RewardFn | str | type]], args: dict[str, dict[str, Any]]):
+        self.funcs = resolve_reward_funcs(funcs, args)
+
+    def score(self, index: int, batch: RewardBatch) -> RewardScores:
+        return score_one(self.funcs[index][1], batch)
+
+
+@dataclass
+class _Lane:
+    """One actor's queue of reward indices for the batch being scored; the first one is running."""
+
+    actor_index: int
+    queue: deque[int]
+    ref: Any = None  # the running call
+    deadline: float = math.inf
+
+
+class RewardPool:
+    """``min(num_workers, len(funcs))`` reward actors (more would sit idle: a batch is not split)."""
+
+    def __init__(self, funcs: list[tuple[str, RewardFn | str | type]], weights: list[float] | None = None, *,
+                 args: dict[str, dict[str, Any]] | None = None, timeout_s: float | None = 30.0,
+                 num_workers: int = 1):
+        self.names = [name for name, _ in funcs]
+        self.weights = check_weights(weights, len(funcs))
+        self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
+        # num_cpus=0: reward actors share the cores and never hold a CPU slot a rollout or learner
+        # actor is waiting for; max_restarts=0: we replace them ourselves, between calls. Placed on
+        # this node if it can be (soft): next to the caller, where its file.py references exist.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._actor_class = ray.remote(num_cpus=0, max_restarts=0)(RewardActor).options(scheduling_strategy=here)
+        self._init_args = (list(funcs), dict(args or {}))
+        self._actors = [self._actor_class.remote(*self._init_args) for _ in range(min(num_workers, len(funcs)))]
+        self._wait_ready(self._actors)
+
+    def score(self, prompts: list[Any], completions: list[str], completion_ids: list[list[int]],
+              rows: list[dict[str, Any]]) -> RewardOutcome:
+        batch = RewardBatch.from_rows(prompts, completions, completion_ids, rows)
+        return combine(self.names, self.weights, batch, rows, self._run(batch))
+
+    def close(self) -> None:
+        if ray.is_initialized():  # after ray.shutdown the actors are gone already
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors = []
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self, batch: RewardBatch) -> list[RewardScores]:
+        if not self._actors:
+            raise RuntimeError("this RewardPool is closed")
+        results: list[RewardScores | None] = [None] * len(self.names)
+        width = len(self._actors)
+        lanes = [_Lane(a, deque(range(a, len(self.names), width))) for a in range(width)]
+        for lane in lanes:
+            self._submit_next(lane, batch)
+        while active := [lane for lane in lanes if lane.ref is not None]:
+            refs = [lane.ref for lane in active]
+            wait = min(lane.deadline for lane in active) - time.monotonic()
+            ray.wait(refs, num_returns=1, timeout=None if wait == math.inf else max(wait, 0.0))
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+            now = time.monotonic()  # finished calls are taken first: none times out while we wait
+            for lane in active:
+                if lane.ref in ready:
+                    results[lane.queue[0]] = self._collect(lane, batch)
+                elif now >= lane.deadline:
+                    results[lane.queue[0]] = RewardScores.failed(len(batch.completions),
+                                                                 f"timeout after {self.timeout_s:g}s")
+                    self._replace(lane, "timed out")
+                else:
+                    continue
+                lane.queue.popleft()
+                self._submit_next(lane, batch)
+        return results
+
+    def _submit_next(self, lane: _Lane, batch: RewardBatch) -> None:
+        """One call in flight per actor: had a second one been queued, a reward that kills the
+        process could take the finished result of the call before it along, depending on timing."""
+        lane.ref = self._actors[lane.actor_index].score.remote(lane.queue[0], batch) if lane.queue else None
+        lane.deadline = time.monotonic() + (self.timeout_s or math.inf)
+
+    def _collect(self, lane: _Lane, batch: RewardBatch) -> RewardScores:
+        try:
+            return ray.get(lane.ref)
+        except ray.exceptions.RayActorError as exc:
+            self._replace(lane, "died")
+            return RewardScores.failed(len(batch.completions), f"reward process died: {_first_line(exc)}")
+        except ray.exceptions.RayError as exc:  # e.g. the batch could not be unpickled there
+            return RewardScores.failed(len(batch.completions), f"{type(exc).__name__}: {_first_line(exc)}")
+
+    def _replace(self, lane: _Lane, why: str) -> None:
+        """Kill the lane's actor and start a fresh one."""
+        started = time.monotonic()
+        ray.kill(self._actors[lane.actor_index], no_restart=True)
+        self._actors[lane.actor_index] = self._actor_class.remote(*self._init_args)
+        self._wait_ready([self._actors[lane.actor_index]])
+        logger.warning("reward actor %d %s in reward %r; replaced in %.1fs", lane.actor_index, why,
+                       self.names[lane.queue[0]], time.monotonic() - started)
+
+    def _wait_ready(self, actors: list) -> None:
+        """Block until the actors are constructed: their start-up must not eat into a call's timeout,
+        and a bad plugin reference should fail here, with the actor's traceback."""
+        ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=START_TIMEOUT_S)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -1,0 +1,142 @@
+"""Multi-turn episodes: the model answers, the environment replies, the model tries again.
+
+Each episode runs on its own shallow copy of the environment, so ``reset(row)`` may keep
+per-episode state on ``self``. An episode's completion is every token after the prompt: the
+model's turns with their sampling log-probs and entropies, and between them the environment's
+feedback, encoded without special tokens and masked out of the loss (``loss_mask`` 0). Turn 0
+samples the group's G episodes from one shared prompt prefill; later turns continue each
+episode from its own context.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rlkit.data import Rollout
+from rlkit.envs.base import StepResult
+from rlkit.rollout.hf_engine import HFEngine, Sample, SamplingParams
+
+logger = logging.getLogger("rlkit.envs")
+
+
+@dataclass
+class Episode:
+    env: Any
+    prompt_ids: list[int]
+    history: list[str]  # prompt, completion, feedback, completion, ...
+    completion_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    behavior_logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    token_turns: list[int] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
+    truncated: bool = False
+    done: bool = False
+
+    def add_model_turn(self, sample: Sample, turn: int) -> None:
+        n = len(sample.completion_ids)
+        self.completion_ids += sample.completion_ids
+        self.loss_mask += [1] * n
+        self.behavior_logprobs += sample.logprobs or [0.0] * n
+        self.entropies += sample.entropies or [0.0] * n
+        self.token_turns += [turn] * n
+        self.truncated = sample.truncated
+
+    def add_feedback(self, ids: list[int], next_turn: int) -> None:
+        n = len(ids)
+        self.completion_ids += ids
+        self.loss_mask += [0] * n
+        self.behavior_logprobs += [0.0] * n
+        self.entropies += [0.0] * n
+        self.token_turns += [next_turn] * n
+
+    def to_rollout(self, text_of: Callable[[list[int]], str]) -> Rollout:
+        model_ids = [t for t, m in zip(self.completion_ids, self.loss_mask) if m]
+        return Rollout(completion_ids=self.completion_ids, behavior_logprobs=self.behavior_logprobs,
+                       entropies=self.entropies, text=text_of(model_ids), truncated=self.truncated,
+                       reward=sum(self.turn_rewards), loss_mask=self.loss_mask, token_turns=self.token_turns,
+                       turn_rewards=list(self.turn_rewards),
+                       reward_components={f"turn_{t}": r for t, r in enumerate(self.turn_rewards)})
+
+
+class EpisodeRunner:
+    """Plays ``n`` episodes per row against an environment, batching each turn's generation."""
+
+    def __init__(self, engine: HFEngine, tokenizer, env, max_turns: int, max_positions: int):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.engine, self.tokenizer, self.env = engine, tokenizer, env
+        self.max_turns, self.max_positions = max_turns, max_positions
+        self.failures: list[dict[str, Any]] = []  # environment errors, with the turn that caused them
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        """The episode's opening text; it must depend on the row only (a group shares its prompt)."""
+        return copy.copy(self.env).reset(row)
+
+    def run(self, rows: list[dict[str, Any]], n: int, sampling: SamplingParams,
+            seed: int | None = None) -> list[list[Rollout]]:
+        groups = [self._start(row, n) for row in rows]
+        first = self.engine.generate([g[0].prompt_ids for g in groups], n, sampling, seed=seed)
+        for group, samples in zip(groups, first):
+            for episode, sample in zip(group, samples):
+                self._take_turn(episode, sample, 0, sampling)
+        for turn in range(1, self.max_turns):
+            active = [e for group in groups for e in group if not e.done]
+            if not active:
+                break
+            contexts = [e.prompt_ids + e.completion_ids for e in active]
+            samples = self.engine.generate(contexts, 1, sampling, seed=None if seed is None else seed + turn)
+            for episode, (sample,) in zip(active, samples):
+                self._take_turn(episode, sample, turn, sampling)
+        return [[e.to_rollout(self._decode) for e in group] for group in groups]
+
+    def _start(self, row: dict[str, Any], n: int) -> list[Episode]:
+        episodes = []
+        for _ in range(n):
+            env = copy.copy(self.env)
+            prompt = env.reset(row)
+            if episodes and prompt != episodes[0].history[0]:
+                raise ValueError(f"{type(self.env).__name__}.reset() gave two prompts for one row; a group's "
+                                 "episodes share their prompt, so put any randomness in the row itself")
+            episodes.append(Episode(env=env, prompt_ids=self._encode(prompt, special=True), history=[prompt]))
+        return episodes
+
+    def _take_turn(self, episode: Episode, sample: Sample, turn: int, sampling: SamplingParams) -> None:
+        episode.add_model_turn(sample, turn)
+        text = self._decode(sample.completion_ids)
+        result = self._step(episode, text)
+        episode.history.append(text)
+        episode.turn_rewards.append(result.reward)
+        feedback = self._encode(result.feedback, special=False) if result.feedback else []
+        room = len(episode.prompt_ids) + len(episode.completion_ids) + len(feedback) + sampling.max_new_tokens
+        if result.done or turn + 1 >= self.max_turns or room > self.max_positions:
+            episode.done = True
+            return
+        episode.history.append(result.feedback)
+        episode.add_feedback(feedback, turn + 1)
+
+    def _step(self, episode: Episode, text: str) -> StepResult:
+        """The environment's answer; one that raises or returns no finite reward ends the episode
+        with reward 0, counted in ``failures`` with the offending turn kept."""
+        try:
+            result = episode.env.step(list(episode.history), text)
+            reward = float(result.reward)
+            if not math.isfinite(reward):
+                raise ValueError(f"non-finite reward {result.reward!r}")
+            return StepResult(reward=reward, done=bool(result.done), feedback=str(result.feedback or ""))
+        except Exception as exc:  # a broken environment must not take the run down
+            error = f"{type(exc).__name__}: {exc}"
+            self.failures.append({"env": type(self.env).__name__, "error": error,
+                                  "history": list(episode.history), "completion": text})
+            logger.warning("environment %s failed: %s", type(self.env).__name__, error)
+            return StepResult(reward=0.0, done=True)
+
+    def _encode(self, text: str, special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -93,9 +93,30 @@ def _check_plugins(config: RLConfig) -> None:
     env_class = _lookup(plugins.envs, config.env.name, "env.name")
     _check_kwargs(env_class, config.env.args, "env.args")
     try:
-        objective_from_config(config.objective.name, config.objective.params)
+        objective = objective_from_config(config.objective.name, config.objective.params)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"objective: {exc}") from exc
+    if getattr(env_class, "multi_turn", False) and objective.extra_rows is not None:
+        raise ConfigError(f"objective {config.objective.name!r} trains on extra single-turn samples "
+                          f"({objective.extra_rows}), which multi-turn environment {config.env.name!r} cannot "
+                          "make; use a GRPO-family objective or trloo")
+    _check_reward_args(config)
+
+
+def _check_reward_args(config: RLConfig) -> None:
+    """``rewards.args`` keys must name configured rewards, and class rewards must take those kwargs."""
+    from rlkit import plugins
+
+    names = config.rewards.funcs
+    for name, kwargs in config.rewards.args.items():
+        if name not in names:
+            raise ConfigError(f"rewards.args.{name}: no reward {name!r} in rewards.funcs ({', '.join(names) or 'none'})")
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"rewards.args.{name}: expected a mapping of keyword arguments, got {kwargs!r}")
+        reward = plugins.rewards.get(name)
+        if not isinstance(reward, type):
+            raise ConfigError(f"rewards.args.{name}: reward {name!r} is a function and takes no arguments")
+        _check_kwargs(reward, kwargs, f"rewards.args.{name}")
 
 
 def _lookup(registry, name: str, key: str):

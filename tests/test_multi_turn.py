@@ -158,3 +158,20 @@ def test_multi_turn_env_is_registered_and_refuses_reward_functions(tmp_path):
 
     with pytest.raises(ConfigError, match="multi-turn"):
         RLTrainer(reward_funcs="exact_match", args=RLConfig(env={"name": "arith_retry"}))
+
+
+@pytest.mark.slow
+def test_trloo_raises_the_success_rate_of_a_multi_turn_environment(tmp_path):
+    from rlkit.config import load_config
+    from rlkit.runs import read_metrics
+    from rlkit.trainer import RLTrainer
+
+    quick = {"logging.progress": "false", "logging.plot": "false", "logging.tensorboard": "false",
+             "save_steps": "0", "max_steps": "60", "output_dir": str(tmp_path / "run")}
+    summary = RLTrainer(args=load_config(None, quick, "trloo-arith-retry")).train()
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    # greedy episodes of up to three tries on 200 held-out problems; the base model succeeds on 38.5%
+    assert summary["eval_pass_rate_after"] >= summary["eval_pass_rate_before"] + 0.05, summary
+    assert all(m["turns_mean"] > 1 for m in metrics)  # episodes really took several turns
+    assert all(m["mismatch_rejected_tokens"] == 0 for m in metrics)  # engine and learner agree on CPU
+    assert all(m["grad_norm"] > 0 for m in metrics)

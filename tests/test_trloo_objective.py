@@ -47,6 +47,15 @@ def test_group_mean_scaled_by_the_turns_std():
     assert torch.allclose(advantages, expected, atol=1e-6)
 
 
+def test_leave_one_out_can_be_scaled_by_the_turns_std_too():
+    advantages = turn_advantages(REWARDS, REACHED, TRLOOConfig(scale_by_std=True))
+    std0 = math.sqrt(((1 / 3) ** 2 * 2 + (2 / 3) ** 2) / 2)
+    std1 = math.sqrt(0.5)
+    expected = torch.tensor([[[0.5 / (std0 + 1e-4), 1 / (std1 + 1e-4)], [0.5 / (std0 + 1e-4), 0.0],
+                              [-1 / (std0 + 1e-4), -1 / (std1 + 1e-4)]]])
+    assert torch.allclose(advantages, expected, atol=1e-6)
+
+
 def test_an_episode_alone_at_its_turn_keeps_its_return_under_trloo_and_gets_zero_under_grpo():
     rewards = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
     reached = torch.tensor([[[True, True, True], [True, False, False]]])
@@ -96,7 +105,5 @@ def test_loss_uses_each_tokens_turn_advantage_and_leaves_rejected_episodes_out()
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="baseline"):
         TRLOOConfig(baseline="mean")
-    with pytest.raises(ValueError, match="scale_by_std"):
-        TRLOOConfig(scale_by_std=True)
     with pytest.raises(ValueError, match="gamma"):
         TRLOOConfig(gamma=1.5)

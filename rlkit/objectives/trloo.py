@@ -43,7 +43,7 @@ class TRLOOConfig:
         "help": "leave_one_out (TRLOO: the other episodes at the same turn) or group_mean (GRPO's "
                 "self-inclusive baseline, for comparison)"})
     scale_by_std: bool = field(default=False, metadata={
-        "help": "divide advantages by the turn's return std + 1e-4 (GRPO-style; only with group_mean)"})
+        "help": "divide advantages by the std of the returns at the turn + 1e-4 (GRPO-style scaling; not in TRLOO)"})
     epsilon: float = field(default=0.2, metadata={"help": "lower clip range ε_low"})
     epsilon_high: float = field(default=0.28, metadata={"help": "upper clip range ε_high (clip-higher)"})
     loss_type: str = field(default="dapo", metadata={
@@ -65,8 +65,6 @@ class TRLOOConfig:
             raise ValueError(f"loss_type {self.loss_type!r} is not one of: {', '.join(LOSS_TYPES)}")
         if not 0 <= self.gamma <= 1:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.scale_by_std and self.baseline != "group_mean":
-            raise ValueError("scale_by_std applies to baseline: group_mean only")
         if not 0 < self.mismatch_low <= 1 <= self.mismatch_high:
             raise ValueError("need 0 < mismatch_low <= 1 <= mismatch_high")
 
@@ -85,7 +83,9 @@ def turn_advantages(turn_rewards: torch.Tensor, reached: torch.Tensor, config: T
     """``[num_groups, G, T]`` per-turn rewards -> per-turn advantages (0 on turns not reached).
 
     leave_one_out:  A_{i,t} = G_{i,t} − Σ_{j∈S_t, j≠i} G_{j,t} / (n_t − 1),   A_{i,t} = G_{i,t} if n_t = 1
-    group_mean:     A_{i,t} = (G_{i,t} − Σ_{j∈S_t} G_{j,t} / n_t) [/ (std_{j∈S_t} G_{j,t} + 1e-4)]
+    group_mean:     A_{i,t} = G_{i,t} − Σ_{j∈S_t} G_{j,t} / n_t
+
+    and with ``scale_by_std`` either is divided by std_{j∈S_t} G_{j,t} + 1e-4 (unbiased std; 0 when n_t = 1).
 
     where S_t is the set of the group's episodes that reached turn t and n_t = |S_t|.
     """
@@ -97,12 +97,13 @@ def turn_advantages(turn_rewards: torch.Tensor, reached: torch.Tensor, config: T
     returns = turn_returns(turn_rewards * weight, config.gamma) * weight
     count = weight.sum(dim=1, keepdim=True)  # n_t per group and turn
     total = returns.sum(dim=1, keepdim=True)
+    mean = total / count.clamp(min=1)
     if config.baseline == "leave_one_out":
         others = (count - 1).clamp(min=1)
         baseline = torch.where(count > 1, (total - returns) / others, torch.zeros_like(returns))
-        return (returns - baseline) * weight
-    mean = total / count.clamp(min=1)
-    advantages = (returns - mean) * weight
+        advantages = (returns - baseline) * weight
+    else:
+        advantages = (returns - mean) * weight
     if config.scale_by_std:
         variance = (((returns - mean) * weight) ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
         advantages = advantages / (variance.sqrt() + 1e-4)

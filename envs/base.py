@@ -3,6 +3,12 @@
 An environment turns dataset rows into prompts and, for multi-turn tasks, answers each
 completion with a reward, a done flag and feedback text. A single-turn environment is the
 one-step case: its rows are scored by reward functions (TRL's signature) after one completion.
+
+Multi-turn (``multi_turn = True``): each episode runs on its own shallow copy of the environment,
+``reset(row)`` opens it (and must give the same prompt for the same row: a group's episodes share
+it), and ``step(history, completion)`` scores each of the model's turns, up to ``max_turns``. The
+feedback text is appended to the context as is, attended to but masked out of the loss
+(``rlkit/rollout/episodes.py``).
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ class Environment:
 
     #: reward plugins used when the config names none
     default_rewards: ClassVar[tuple[str, ...]] = ()
-    #: 1 for single-turn environments
-    max_turns: ClassVar[int] = 1
+    #: True: episodes of several turns scored by ``step``; False: one completion scored by reward functions
+    multi_turn: ClassVar[bool] = False
+    #: turns an episode may take at most (instances may set their own)
+    max_turns: int = 1
     #: columns every row must hold (non-blank text or a number) besides the prompt; checked with
     #: the row's number when rows are loaded (``data.on_bad_row``), so no reward meets a bad row mid-run
     required_columns: ClassVar[tuple[str, ...]] = ()
+    #: required columns that may also hold a non-empty list (e.g. a list of ``tests``)
+    list_columns: ClassVar[tuple[str, ...]] = ()
 
     def dataset(self, split: str) -> list[dict[str, Any]]:
         """Rows for ``split`` ("train" or "eval"); each has at least a ``prompt`` column."""

@@ -17,9 +17,10 @@ from rlkit.config import ConfigError, DataConfig
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_rows(source: str, split: str, data: DataConfig, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+def load_rows(source: str, split: str, data: DataConfig, required: Sequence[str] = (),
+              lists: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows of a local file, a ``save_to_disk`` folder or a hub dataset, checked by :func:`check_rows`."""
-    return check_rows(read_rows(source, split), data, origin=source, required=required)
+    return check_rows(read_rows(source, split), data, origin=source, required=required, lists=lists)
 
 
 def read_rows(source: str, split: str) -> list[dict[str, Any]]:
@@ -100,7 +101,7 @@ def _read_json(path: Path) -> list[Any]:
 
 
 def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
-               required: Sequence[str] = ()) -> list[dict[str, Any]]:
+               required: Sequence[str] = (), lists: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Refuse (or skip, per ``data.on_bad_row``) malformed rows, naming each by its 1-based number.
 
     A row is usable when its prompt column holds non-blank text and every ``required`` column
@@ -109,7 +110,7 @@ def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
     """
     good: list[dict[str, Any]] = []
     for number, row in enumerate(rows, start=1):
-        problem = row_problem(row, data.prompt_column, required)
+        problem = row_problem(row, data.prompt_column, required, lists)
         if problem is None:
             good.append(row)
             continue
@@ -122,7 +123,7 @@ def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
     return good
 
 
-def row_problem(row: Any, prompt_column: str, required: Sequence[str] = ()) -> str | None:
+def row_problem(row: Any, prompt_column: str, required: Sequence[str] = (), lists: Sequence[str] = ()) -> str | None:
     """What is wrong with ``row`` (a short phrase), or None when it is usable."""
     if not isinstance(row, dict):
         return f"expected a mapping of columns, got {type(row).__name__}"
@@ -136,14 +137,15 @@ def row_problem(row: Any, prompt_column: str, required: Sequence[str] = ()) -> s
     if not prompt.strip():
         return f"empty prompt in column {prompt_column!r}"
     for column in required:
-        problem = _value_problem(row, column)
+        problem = _value_problem(row, column, column in lists)
         if problem is not None:
             return problem
     return None
 
 
-def _value_problem(row: dict[str, Any], column: str) -> str | None:
-    """A required column must hold non-blank text or a finite number (bools are neither)."""
+def _value_problem(row: dict[str, Any], column: str, allow_list: bool = False) -> str | None:
+    """A required column must hold non-blank text or a finite number (bools are neither), or, where
+    the environment allows it (``list_columns``, e.g. ``tests``), a non-empty list."""
     if column not in row:
         return f"missing the required column {column!r} ({_columns_of(row)})"
     value = row[column]
@@ -153,7 +155,10 @@ def _value_problem(row: dict[str, Any], column: str) -> str | None:
         return None if value.strip() else f"empty value in the required column {column!r}"
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return None if math.isfinite(value) else f"required column {column!r} is {value}, expected a finite number"
-    return f"required column {column!r} is {type(value).__name__}, expected text or a number"
+    if allow_list and isinstance(value, (list, tuple, np.ndarray)):
+        return None if len(value) else f"empty list in the required column {column!r}"
+    expected = "text, a number or a list" if allow_list else "text or a number"
+    return f"required column {column!r} is {type(value).__name__}, expected {expected}"
 
 
 def _columns_of(row: dict[str, Any]) -> str:

@@ -66,13 +66,13 @@ class RLTrainer:
 
     def _rows(self, dataset: Any, file: str | None, split: str) -> list[dict[str, Any]]:
         """Rows for ``split``, checked now: a prompt, plus the columns the environment's rewards need."""
-        required = getattr(self.env, "required_columns", ())
+        checks = {"required": getattr(self.env, "required_columns", ()), "lists": getattr(self.env, "list_columns", ())}
         if dataset is not None:
-            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset", required=required)
+            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset", **checks)
         if file:
-            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, required=required)
-        return check_rows(self.env.dataset(split), self.config.data, origin=f"environment {self.config.env.name}, {split} split",
-                          required=required)
+            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, **checks)
+        return check_rows(self.env.dataset(split), self.config.data,
+                          origin=f"environment {self.config.env.name}, {split} split", **checks)
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass rate of the configured model on the eval rows, in this process (no Ray)."""

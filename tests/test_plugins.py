@@ -159,3 +159,25 @@ def test_bad_reward_args_and_unsupported_combinations_are_refused(overrides, mes
 
     with pytest.raises(ConfigError, match=message):
         validate(load_config(None, overrides))
+
+
+def test_trl_reward_functions_work_unchanged():
+    from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment
+
+    from rlkit.config import RewardsConfig
+    from rlkit.reward_pool import build_reward_scorer
+
+    overlong = get_soft_overlong_punishment(max_completion_len=8, soft_punish_cache=4)
+    repetition = get_repetition_penalty_reward(ngram_size=2, max_penalty=-1.0)
+    ids = [[5, 6, 7], [5, 5, 5, 5, 5, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    texts = ["abc", "aaaaaa", "abcdefghi"]
+    scorer = build_reward_scorer([("overlong", overlong), ("repetition", repetition)], [1.0, 0.5],
+                                 RewardsConfig(num_workers=0))
+    outcome = scorer.score(["p"] * 3, texts, ids, [{"prompt": "p"}] * 3)
+    expected_overlong = overlong(completion_ids=ids)
+    expected_repetition = repetition(completion_ids=ids)
+    assert expected_overlong == [0.0, -0.5, -1.0]  # TRL's own values: within 4, 2 into the cache, past 8
+    assert [c["overlong"] for c in outcome.components] == expected_overlong
+    assert [c["repetition"] for c in outcome.components] == expected_repetition
+    assert outcome.totals == pytest.approx([o + 0.5 * r for o, r in zip(expected_overlong, expected_repetition)])
+    assert not outcome.failures

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import rlkit
 from rlkit.envs.base import Environment
+from rlkit.prompts import NumberedRows
 
 INSTRUCTION = "Answer with the function in a ```python code block."
 
@@ -145,7 +146,8 @@ class CodeEnv(Environment):
         random.Random(f"code-file-split-{self.seed}").shuffle(order)
         n_eval = min(len(rows) - 1, max(1, math.ceil(len(rows) * self.eval_fraction)))
         held_out = set(order[:n_eval])
-        return [row for i, row in enumerate(rows) if (i in held_out) == (split == "eval")]
+        keep = [i for i in range(len(rows)) if (i in held_out) == (split == "eval")]
+        return NumberedRows.subset(rows, keep, source=str(self.path))  # bad rows named by their file line
 
     def _read(self, path: str) -> list[dict[str, Any]]:
         file = Path(path).expanduser()

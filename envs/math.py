@@ -8,7 +8,7 @@ user named it). Splits:
 * ``train_file`` with named splits (a hub id or a saved ``DatasetDict``) and no ``eval_file``:
   ``train_split`` (default "train") and ``eval_split`` (default "test") of that source.
 * a single file and ``eval_size: n``: ``n`` rows drawn with ``seed`` are held out for eval and the
-  rest train; both keep the file's order. This needs a clean file (see below).
+  rest train; both keep the file's order and its row numbers.
 
 Each row becomes ``{**original_columns, "prompt": template filled with the question, "answer": ...}``.
 GSM8K-style answers (a worked solution ending ``#### 1,234``) become the text after the last
@@ -18,8 +18,7 @@ other text is kept as it is.
 Malformed rows (no answer, an answer that is neither text nor a number, a blank question) are
 not dropped here: the rows keep their order and number, with ``answer``/``prompt`` left None or
 empty, so the trainer's ``check_rows`` names each by its row number and refuses or skips it per
-``data.on_bad_row``. Holding out rows with ``eval_size`` would renumber them, so in that mode the
-whole file is checked first and a bad row is always refused, named by its row number in the file.
+``data.on_bad_row``; a split held out with ``eval_size`` keeps the file's row numbers.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from typing import Any
 import rlkit
 from rlkit.config import ConfigError
 from rlkit.envs.base import Environment
-from rlkit.prompts import has_splits, looks_local, read_rows, row_problem
+from rlkit.prompts import NumberedRows, has_splits, looks_local, read_rows
 
 #: a comma between digits that sets off a group of three (``1,234,567``), not a list (``1,2``)
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
@@ -132,19 +131,12 @@ class MathEnv(Environment):
         return row
 
     def _held_out_split(self, split: str) -> list[dict[str, Any]]:
-        """``eval_size`` rows drawn with ``seed`` for eval, the rest for train, each in file order."""
+        """``eval_size`` rows drawn with ``seed`` for eval, the rest for train, each in file order and
+        numbered as in the file (so a bad row is still named by its row number there)."""
         rows = self._rows(self.train_file, self.train_split)
-        self._refuse_bad_rows(rows)
         if self.eval_size >= len(rows):
             raise ConfigError(f"env.args.eval_size ({self.eval_size}) must be smaller than the "
                               f"{len(rows)} rows of {self.train_file}")
         held_out = set(random.Random(self.seed).sample(range(len(rows)), self.eval_size))
-        return [row for i, row in enumerate(rows) if (i in held_out) == (split == "eval")]
-
-    def _refuse_bad_rows(self, rows: list[Any]) -> None:
-        for number, row in enumerate(rows, start=1):
-            problem = row_problem(row, "prompt", self.required_columns)
-            if problem is not None:
-                raise ConfigError(f"{self.train_file}, row {number}: {problem} (with env.args.eval_size the "
-                                  f"file must be clean; fix the row, or give train_file and eval_file so "
-                                  f"data.on_bad_row: skip can drop it)")
+        keep = [i for i in range(len(rows)) if (i in held_out) == (split == "eval")]
+        return NumberedRows.subset(rows, keep, source=self.train_file)

@@ -100,6 +100,23 @@ def _read_json(path: Path) -> list[Any]:
     return rows
 
 
+class NumberedRows(list):
+    """Rows that keep their numbers in a source file: a held-out split of a file is still reported
+    by the file's row numbers (``check_rows`` uses ``row_numbers`` and ``source`` when present)."""
+
+    def __init__(self, rows: Iterable[Any], row_numbers: Iterable[int], source: str):
+        super().__init__(rows)
+        self.row_numbers, self.source = list(row_numbers), source
+        if len(self.row_numbers) != len(self):
+            raise ValueError(f"{len(self)} rows but {len(self.row_numbers)} row numbers")
+
+    @classmethod
+    def subset(cls, rows: list[Any], keep: Iterable[int], source: str) -> NumberedRows:
+        """The rows at 0-based positions ``keep`` (in order), numbered as in the file (1-based)."""
+        positions = sorted(keep)
+        return cls([rows[i] for i in positions], [i + 1 for i in positions], source)
+
+
 def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
                required: Sequence[str] = (), lists: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Refuse (or skip, per ``data.on_bad_row``) malformed rows, naming each by its 1-based number.
@@ -108,13 +125,16 @@ def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
     (an environment's ``required_columns``, e.g. ``answer``) holds non-blank text or a finite
     number. Everything is checked here, when rows are loaded, so nothing fails mid-run.
     """
+    numbers = getattr(rows, "row_numbers", None)
+    where = f"{origin} ({rows.source})" if isinstance(rows, NumberedRows) else origin
+    rows = list(rows)
     good: list[dict[str, Any]] = []
-    for number, row in enumerate(rows, start=1):
+    for number, row in zip(numbers or range(1, len(rows) + 1), rows):
         problem = row_problem(row, data.prompt_column, required, lists)
         if problem is None:
             good.append(row)
             continue
-        message = f"{origin}, row {number}: {problem}"
+        message = f"{where}, row {number}: {problem}"
         if data.on_bad_row == "error":
             raise ConfigError(message + " (set data.on_bad_row: skip to drop such rows)")
         print(f"warning: skipped {message}", file=sys.stderr)

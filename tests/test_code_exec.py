@@ -100,7 +100,7 @@ def test_hostile_programs_score_zero_with_a_logged_reason_and_later_calls_work(t
     server.setblocking(False)
     target = tmp_path / "escaped.txt"
     hostile = {
-        "while True: pass": "timeout after 2s",
+        "while True: pass": "timeout after 5s",
         "import os\nwhile True: os.fork()": "blocked: process creation",
         "x = bytearray(10 * 1024**3)": "memory limit",
         f"open({str(target)!r}, 'w').write('x')": "blocked: write outside work dir",
@@ -110,7 +110,9 @@ def test_hostile_programs_score_zero_with_a_logged_reason_and_later_calls_work(t
         "import os\nos.kill(os.getppid(), 9)": "blocked: signal to another process",
         f"import os\nos.kill({os.getpid()}, 9)": "blocked: signal to another process",
     }
-    fn = reward(max_output_bytes=100_000)
+    # a generous timeout: nine hostile programs share two busy cores, and building 100 MB of text
+    # must reach the output cap before the clock runs out
+    fn = reward(max_output_bytes=100_000, timeout_s=5.0, max_parallel=9)
     # a correct definition first, so only the hostile line can make the score 0
     completions = [fenced("def add3(x):\n    return x + 3\n" + code) for code in hostile]
     with caplog.at_level(logging.WARNING, logger="rlkit.rewards.code_exec"):

@@ -140,9 +140,9 @@ def test_malformed_row_is_named_by_number_then_refused_or_skipped(tmp_path, caps
 
 def test_numeric_answers_are_fine_and_a_bad_row_in_parquet_is_numbered(tmp_path):
     rows = [{"question": "a", "answer": 3}, {"question": "b", "answer": 4.5}, {"question": "", "answer": 1}]
-    env = MathEnv(train_file=write_parquet(tmp_path / "t.parquet", rows), eval_size=1)
-    with pytest.raises(ConfigError, match=r"t\.parquet, row 3: empty prompt"):
-        env.dataset("train")  # held-out mode checks the whole file first, with its row numbers
+    env = MathEnv(train_file=write_parquet(tmp_path / "t.parquet", rows), eval_file=str(tmp_path / "t.parquet"))
+    with pytest.raises(ConfigError, match=r"row 3: empty prompt"):
+        check(env, "train", "error")
     env = MathEnv(train_file=str(tmp_path / "t.parquet"), eval_file=str(tmp_path / "t.parquet"))
     assert [r["answer"] for r in check(env, "eval", "skip")] == ["3", "4.5"]
 
@@ -164,3 +164,18 @@ def test_trainer_builds_train_and_eval_rows_from_files(tmp_path, capsys):
     config.data.on_bad_row = "error"
     with pytest.raises(ConfigError, match="row 5"):
         RLTrainer(args=config)
+
+
+def test_a_held_out_split_keeps_the_files_row_numbers(tmp_path, capsys):
+    rows = [{"question": f"q{i}", "answer": str(i)} for i in range(8)]
+    rows[5] = {"question": "q5"}  # row 6 of the file has no answer
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    env = MathEnv(train_file=path, eval_size=3, seed=0)
+    split = next(s for s in ("train", "eval") if any("answer" not in r for r in env.dataset(s)))
+    with pytest.raises(ConfigError, match=r"train\.jsonl\), row 6: missing the required column 'answer'"):
+        check(env, split, "error")
+    kept = check(env, split, "skip")  # skipped as configured, whichever split it fell in
+    assert "q5" not in [r["question"] for r in kept]
+    assert "row 6" in capsys.readouterr().err
+    both = env.dataset("train") + env.dataset("eval")
+    assert sorted(r["question"] for r in both) == sorted(r["question"] for r in rows)

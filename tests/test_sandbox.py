@@ -231,9 +231,9 @@ def test_limits_are_validated():
 
 def test_without_namespaces_the_other_layers_still_hold(tmp_path, listener):
     """The fallback where ``unshare`` is unavailable (many containers): rlimits, audit hook, parent."""
-    limits = SandboxLimits(timeout_s=1.0, use_namespaces=False, max_output_bytes=10_000)
+    limits = SandboxLimits(timeout_s=3.0, use_namespaces=False, max_output_bytes=10_000)
     target = tmp_path / "escaped.txt"
-    cases = {"while True: pass": "timeout after 1s", "import os\nwhile True: os.fork()": "blocked: process creation",
+    cases = {"while True: pass": "timeout after 3s", "import os\nwhile True: os.fork()": "blocked: process creation",
              "x = bytearray(10 * 1024**3)": "memory limit", f"open({str(target)!r}, 'w')": "blocked: write outside",
              f"import socket\nsocket.socket().connect(('127.0.0.1', {listener.getsockname()[1]}))": "blocked: network",
              f"import os\nos.kill({os.getpid()}, 9)": "blocked: signal", "print('x' * 100_000_000)": "output limit"}

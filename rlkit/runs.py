@@ -51,6 +51,13 @@ class RunDirectory:
     summary_path = property(lambda self: self.path / "summary.json")
     failures_path = property(lambda self: self.path / "failures.jsonl")  # reward/environment failures, kept whole
 
+    def truncate_failures_after(self, step: int) -> None:
+        """On resume: drop failures logged by steps the checkpoint does not cover (they run again)."""
+        if self.failures_path.is_file():
+            kept = [line for line in self.failures_path.read_text().splitlines()
+                    if json.loads(line).get("step", 0) <= step]
+            atomic_write_text(self.failures_path, "".join(line + "\n" for line in kept))
+
     def append_failures(self, step: int, failures: list[dict[str, Any]]) -> None:
         """Keep each failed reward call or environment step, with its sample, for inspection."""
         if not failures:

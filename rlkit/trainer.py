@@ -130,6 +130,7 @@ class RLTrainer:
                 TrainingProgress(config.max_steps, start_step=state["step"], enabled=config.logging.progress) as bar:
             if state["step"]:
                 logger.truncate_after(state["step"])
+                run.truncate_failures_after(state["step"])
             for step in range(state["step"], config.max_steps):
                 t0 = time.perf_counter()
                 out = pipeline.run_step(step)

@@ -181,3 +181,16 @@ def test_trl_reward_functions_work_unchanged():
     assert [c["repetition"] for c in outcome.components] == expected_repetition
     assert outcome.totals == pytest.approx([o + 0.5 * r for o, r in zip(expected_overlong, expected_repetition)])
     assert not outcome.failures
+
+
+def test_failures_file_is_cut_back_to_the_checkpoint_on_resume(tmp_path):
+    from rlkit.runs import RunDirectory
+
+    run = RunDirectory(tmp_path)
+    run.append_failures(1, [{"reward": "r", "error": "boom"}])
+    run.append_failures(3, [{"reward": "r", "error": "again"}, {"reward": "s", "error": "nan"}])
+    run.append_failures(4, [])
+    assert len(run.failures_path.read_text().splitlines()) == 3
+    run.truncate_failures_after(2)  # steps 3 and later will run again after the resume
+    assert [json.loads(line) for line in run.failures_path.read_text().splitlines()] == [
+        {"step": 1, "reward": "r", "error": "boom"}]

@@ -4,6 +4,8 @@
     python bench/compare_objectives.py grpo aepo:target_entropy=0.6 --label aepo
     python bench/compare_objectives.py grpo bapo --set rollout.max_staleness=4 --label bapo
     python bench/compare_objectives.py grpo dph:divergence=forward_kl dph:divergence=js --pass-at 8 --label dph
+    python bench/compare_objectives.py trloo trloo:baseline=group_mean,scale_by_std=true grpo \
+        --set env.name=arith_retry --steps 150 --label trloo      # multi-turn: TRLOO vs GRPO-style
 
 A variant is ``OBJECTIVE[:param=value,...]`` (objective params, as ``--objective.param``). Every
 variant gets the same seed, data, model and step budget. For each the script reports the greedy

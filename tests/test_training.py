@@ -139,10 +139,11 @@ def test_a_rollout_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_pa
     calls = tmp_path / "reward_calls"
 
     def exact_then_die_once(prompts, completions, answer, **kwargs):
-        # runs inside the rollout worker: the 40th call (step 2 of 3) kills that process outright
+        # runs inside the rollout worker (rewards.num_workers 0): one call per chunk of 8 prompts, so
+        # call 7 (after the first evaluation and step 1's four chunks: step 2) kills that process outright
         with open(calls, "a") as f:
             f.write("x")
-        if calls.stat().st_size == 40:
+        if calls.stat().st_size == 7:
             os._exit(1)
         return [float(c.strip() == a) for c, a in zip(completions, answer)]
 
@@ -153,11 +154,12 @@ def test_a_rollout_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_pa
     results = {}
     for name, reward in (("steady", exact), ("crashing", exact_then_die_once)):
         config = RLConfig(max_steps=3, save_steps=0, output_dir=str(tmp_path / name), progress=False, plot=False,
-                          tensorboard=False)
+                          tensorboard=False, rewards={"num_workers": 0})
         RLTrainer(reward_funcs=[reward], args=config, train_dataset=env.dataset("train")[:500],
                   eval_dataset=env.dataset("eval")[:20]).train()
         results[name] = read_metrics(tmp_path / name / "metrics.jsonl")
-    assert calls.stat().st_size > 40  # the worker died and came back
+    # 14 calls without the crash (2 evaluations, 3 steps x 4 chunks); the chunk that died is called again
+    assert calls.stat().st_size == 15
     same_curves(results["steady"], results["crashing"], keys=("reward_mean", "loss", "entropy", "policy_version"),
                 tol=1e-6)
 

@@ -110,7 +110,8 @@ def _check_reward_args(config: RLConfig) -> None:
     names = config.rewards.funcs
     for name, kwargs in config.rewards.args.items():
         if name not in names:
-            raise ConfigError(f"rewards.args.{name}: no reward {name!r} in rewards.funcs ({', '.join(names) or 'none'})")
+            listed = ", ".join(names) or "none"
+            raise ConfigError(f"rewards.args.{name}: no reward {name!r} in rewards.funcs ({listed})")
         if not isinstance(kwargs, dict):
             raise ConfigError(f"rewards.args.{name}: expected a mapping of keyword arguments, got {kwargs!r}")
         reward = plugins.rewards.get(name)

@@ -162,7 +162,11 @@ class Learner:
         """(groups to train on, groups the objective says add nothing: all advantages zero)."""
         if not self.objective.zero_advantage_is_inert():
             return groups, []
-        advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
+        if self.objective.turn_level:  # per-turn advantages need the episodes' turn layout
+            advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
+        else:
+            rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+            advantages = self.objective.compute_advantages(rewards)
         live = advantages.reshape(len(groups), -1).abs().amax(dim=1) > 0
         keep = [g for g, alive in zip(groups, live.tolist()) if alive]
         if not keep:

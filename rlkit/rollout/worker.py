@@ -33,7 +33,9 @@ class RolloutWorker:
             model = model.to("cuda")
         self.engine = HFEngine(model, self.tokenizer)
         # plugin references are resolved where the rewards run (the reward actors, or here)
-        self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards) if reward_funcs else None
+        self.rewards = None  # multi-turn environments score their own turns
+        if reward_funcs:
+            self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards)
         self.policy_version = 0
         rollout = config.rollout
         self.sampling = SamplingParams(max_new_tokens=rollout.max_completion_length,
@@ -101,6 +103,7 @@ class RolloutWorker:
             chunk = rows[start:start + batch_size]
             if self.multi_turn:
                 totals = [group[0].reward for group in self.episodes.run(chunk, 1, greedy)]
+                self.episodes.failures.clear()  # logged already; failures.jsonl is for training steps
                 passed += sum(total >= pass_threshold for total in totals)
                 reward_sum += sum(totals)
                 continue

@@ -252,3 +252,19 @@ def test_a_file_with_list_valued_tests_passes_the_row_check(tmp_path):
         check_rows([{"prompt": "x", "tests": []}], DataConfig(), "f.jsonl", required=("tests",), lists=("tests",))
     with pytest.raises(Exception, match="expected text or a number"):
         check_rows(rows, DataConfig(), "f.jsonl", required=("tests",))  # a column not declared list-valued
+
+
+@pytest.mark.slow
+def test_rlkit_train_runs_the_code_environment_end_to_end(tmp_path):
+    from rlkit.config import load_config
+    from rlkit.runs import read_metrics
+    from rlkit.trainer import RLTrainer
+
+    overrides = {"env.name": "code", "max_steps": "1", "rollout.prompts_per_step": "8",
+                 "rollout.num_generations": "2", "data.eval_limit": "4", "save_steps": "0",
+                 "logging.progress": "false", "logging.plot": "false", "logging.tensorboard": "false",
+                 "output_dir": str(tmp_path / "run")}
+    summary = RLTrainer(args=load_config(None, overrides)).train()
+    (metrics,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    # the arithmetic model writes no Python: every program fails its tests, none breaks the reward
+    assert summary["steps"] == 1 and metrics["reward_mean"] == 0.0 and metrics["failures"] == 0

@@ -74,7 +74,9 @@ class RewardsConfig:
     args: dict[str, dict[str, Any]] = _help(
         "constructor arguments of class-based reward plugins, by name (e.g. {format: {pattern: ...}})",
         default_factory=dict)
-    timeout_s: float = _help("seconds one reward call may take before it counts as a failure", default=30.0)
+    timeout_s: float = _help(
+        "seconds one reward call (one function on a chunk of completions) may take before it counts as a "
+        "failure; 0 = no limit", default=30.0)
     num_workers: int = _help(
         "reward actors per rollout worker (a hung reward is killed with its actor); 0 calls rewards in the "
         "rollout worker itself, where a hung call is abandoned on a thread", default=1)

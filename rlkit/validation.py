@@ -34,6 +34,7 @@ MINIMUMS: dict[str, float] = {
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
     "learner.micro_batch_groups": 1, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
+    "rewards.timeout_s": 0.0, "rewards.num_workers": 0,
 }
 
 

@@ -56,6 +56,17 @@ def test_leave_one_out_can_be_scaled_by_the_turns_std_too():
     assert torch.allclose(advantages, expected, atol=1e-6)
 
 
+def test_std_scaling_leaves_an_episode_alone_at_its_turn_unscaled():
+    rewards = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
+    reached = torch.tensor([[[True, True, True], [True, False, False], [True, False, False]]])
+    advantages = turn_advantages(rewards, reached, TRLOOConfig(scale_by_std=True))
+    # turns 1 and 2: episode 0 alone, return 1: no spread, so the advantage stays 1 (not 1 / 1e-4)
+    assert advantages[0, 0, 1:].tolist() == [1.0, 1.0]
+    assert advantages[0, 1:, 1:].abs().sum() == 0
+    # turn 0: all three have return 1 -> no spread, advantages 0
+    assert advantages[0, :, 0].tolist() == [0.0, 0.0, 0.0]
+
+
 def test_an_episode_alone_at_its_turn_keeps_its_return_under_trloo_and_gets_zero_under_grpo():
     rewards = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]])
     reached = torch.tensor([[[True, True, True], [True, False, False]]])

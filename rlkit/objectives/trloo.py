@@ -85,7 +85,8 @@ def turn_advantages(turn_rewards: torch.Tensor, reached: torch.Tensor, config: T
     leave_one_out:  A_{i,t} = G_{i,t} − Σ_{j∈S_t, j≠i} G_{j,t} / (n_t − 1),   A_{i,t} = G_{i,t} if n_t = 1
     group_mean:     A_{i,t} = G_{i,t} − Σ_{j∈S_t} G_{j,t} / n_t
 
-    and with ``scale_by_std`` either is divided by std_{j∈S_t} G_{j,t} + 1e-4 (unbiased std; 0 when n_t = 1).
+    and with ``scale_by_std`` either is divided by std_{j∈S_t} G_{j,t} + 1e-4 (unbiased std), except
+    where n_t = 1: a lone episode has no spread to divide by and keeps its advantage.
 
     where S_t is the set of the group's episodes that reached turn t and n_t = |S_t|.
     """
@@ -106,7 +107,10 @@ def turn_advantages(turn_rewards: torch.Tensor, reached: torch.Tensor, config: T
         advantages = (returns - mean) * weight
     if config.scale_by_std:
         variance = (((returns - mean) * weight) ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
-        advantages = advantages / (variance.sqrt() + 1e-4)
+        # an episode alone at its turn has no spread to divide by: its advantage stays as it is
+        # (dividing by the 1e-4 floor would multiply a lone TRLOO return by 10^4)
+        spread = torch.where(count > 1, variance.sqrt() + 1e-4, torch.ones_like(variance))
+        advantages = advantages / spread
     return advantages
 
 

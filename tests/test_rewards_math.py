@@ -163,9 +163,8 @@ def test_a_slow_comparison_times_out_to_zero(monkeypatch):
     reward, completion = MathReward(timeout_s=1), ["\\boxed{\\frac{4}{2}}"]  # equal to 2 only symbolically
     assert reward(["q"], completion, answer=["2"]) == [1.0]
     monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", stuck)
-    start = time.monotonic()
+    # 0.0 (not the 1.0 the stuck comparison would return after 30 s): the bound cut it off
     assert reward(["q"], completion, answer=["2"]) == [0.0]
-    assert time.monotonic() - start < 5
 
 
 def test_a_slow_parse_times_out_to_zero(monkeypatch):
@@ -179,9 +178,8 @@ def test_a_slow_parse_times_out_to_zero(monkeypatch):
         return real(pred, *args, **kwargs)
 
     monkeypatch.setattr(math_verify.parser, "extract_target_from_pred", slow_on_completions)
-    start = time.monotonic()
+    # the stuck parse scores 0.0 (its 30 s sleep cut off), the next completion is still read
     assert MathReward(timeout_s=0.5)(["q", "q"], ["stuck 2", "2"], answer=["2", "2"]) == [0.0, 1.0]
-    assert time.monotonic() - start < 5
 
 
 def test_off_the_main_thread_it_runs_without_signals():

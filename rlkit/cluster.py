@@ -4,24 +4,42 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import ray
 
 from rlkit.config import ConfigError, RLConfig
+from rlkit.recovery import RecoverySettings, RolloutFleet
+
+
+class StartTimeout(RuntimeError):
+    """Actors did not finish starting within ``cluster.start_timeout_s``."""
 
 
 @dataclass
 class Actors:
     learners: list
-    workers: list
+    workers: list  # rollout worker handles; the fleet swaps in a replacement for one gone for good
     started_ray: bool
+    spawn_worker: Callable[[int], object] | None = None
+    fleet: RolloutFleet | None = field(default=None, repr=False)
 
     def shutdown(self) -> None:
         for actor in self.learners + self.workers:
             ray.kill(actor)
         if self.started_ray:
             ray.shutdown()
+
+    def name_of(self, exc: BaseException) -> str | None:
+        """"learner rank R" or "rollout worker I" for an actor error raised by one of these actors."""
+        actor_id = getattr(exc, "actor_id", None)
+        for role, handles in (("learner rank", self.learners), ("rollout worker", self.workers)):
+            for index, handle in enumerate(handles):
+                if handle._actor_id.hex() == actor_id:
+                    return f"{role} {index}"
+        return None
 
 
 def _use_gpu(config: RLConfig) -> bool:
@@ -102,19 +120,44 @@ def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) ->
             if started:
                 ray.shutdown()
             raise
+    # learners hold optimizer state that a restart would lose: a dead learner ends the run (resume
+    # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
+    # as often as needed, and the fleet stops a run whose calls keep killing them.
     learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(Learner)
     learners = [learner_cls.remote(config, rank=r, world_size=world, steps_per_update=steps_per_update)
                 for r in range(world)]
-    worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=3)(RolloutWorker)
+    worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)
     workers = [worker_cls.remote(config, reward_funcs) for _ in range(config.rollout.num_workers)]
-    actors = Actors(learners=learners, workers=workers, started_ray=started)
+    actors = Actors(learners=learners, workers=workers, started_ray=started,
+                    spawn_worker=lambda _index: worker_cls.remote(config, reward_funcs))
     try:
+        timeout = config.cluster.start_timeout_s
         # ranks meet on the machine Ray gave rank 0, which on a cluster need not be the driver's
-        address = ray.get(learners[0].rendezvous_address.remote(loopback=not config.cluster.address))
+        address = wait_for_start({"learner rank 0": learners[0].rendezvous_address.remote(
+            loopback=not config.cluster.address)}, timeout)["learner rank 0"]
         # surface constructor errors (bad model, DeepSpeed failure) here, with the actor's traceback
-        ray.get([learner.connect.remote(*address) for learner in learners]
-                + [worker.__ray_ready__.remote() for worker in workers])
+        wait_for_start({f"learner rank {r}": learner.connect.remote(*address) for r, learner in enumerate(learners)}
+                       | {f"rollout worker {i}": w.__ray_ready__.remote() for i, w in enumerate(workers)}, timeout)
+        actors.fleet = RolloutFleet(workers, RecoverySettings.from_config(config), spawn=actors.spawn_worker)
     except BaseException:
         actors.shutdown()
         raise
     return actors
+
+
+def wait_for_start(calls: dict[str, ray.ObjectRef], timeout_s: float) -> dict[str, object]:
+    """The results of start-up calls, by name; a :class:`StartTimeout` naming the actors still
+    starting after ``timeout_s`` (an actor's own error is raised as soon as it happens)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(calls.values())
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
+        if not ready:
+            waiting = [name for name, ref in calls.items() if ref in set(pending)]
+            raise StartTimeout(
+                f"{', '.join(waiting)} did not finish starting within {timeout_s:g} s (cluster.start_timeout_s). "
+                "Starting loads the model, joins the learners' process group and builds compiled ops; "
+                "check that the cluster has the CPUs and GPUs the run asks for, that the model loads, "
+                "and for a stale op-build lock file (the learner names it after cluster.op_lock_timeout_s)")
+        ray.get(ready)  # an actor's own error surfaces now, with its traceback
+    return {name: ray.get(ref) for name, ref in calls.items()}

@@ -152,6 +152,17 @@ class ClusterConfig:
         "Ray cluster address (e.g. ray://head:10001 or auto); none starts Ray in-process", default=None)
     num_cpus: int | None = _help("CPUs for the in-process Ray cluster (default: all)", default=None)
     use_gpu: str = _help("auto, true or false: place learners and rollout workers on GPUs", default="auto")
+    start_timeout_s: float = _help(
+        "seconds the actors may take to start (model load, process group, op builds) before the run "
+        "stops and names what it waited for", default=1800.0)
+    op_lock_timeout_s: float = _help(
+        "seconds a learner waits on another process's build lock of a compiled op before it stops "
+        "and names the lock file (a build killed midway leaves one behind)", default=300.0)
+    actor_restart_timeout_s: float = _help(
+        "seconds to wait for a restarting rollout worker to answer again before the run stops", default=600.0)
+    max_call_retries: int = _help(
+        "times one rollout call (a chunk of prompts, a weight load, an evaluation) is sent again after "
+        "its worker died, before the run stops", default=3)
 
 
 SECTIONS: dict[str, type] = {

@@ -43,10 +43,10 @@ def prepare_rehearsal(run_dir: Path, rows: list[dict[str, Any]], objective, acto
     threshold = config.rewards.pass_threshold
     log(f"DPH-RL: sampling the initial model {cfg.split_samples}x on {len(measured)} training prompts "
         "to split them into rehearsal and exploration sets")
-    groups = _generate(actors.workers, list(enumerate(measured)), cfg.split_samples, config.seed, salt=1)
+    groups = _generate(actors.fleet, list(enumerate(measured)), cfg.split_samples, config.seed, salt=1)
     rates = [sum(r >= threshold for r in g.rewards) / cfg.split_samples for g in groups]
     rehearsal_ids, exploration_ids = objective.split_prompts(rates)
-    fresh = _generate(actors.workers, [(i, measured[i]) for i in rehearsal_ids], cfg.rehearsal_samples,
+    fresh = _generate(actors.fleet, [(i, measured[i]) for i in rehearsal_ids], cfg.rehearsal_samples,
                       config.seed, salt=2)
     pool = []
     for group in fresh:  # only correct fresh samples are stored; prompts with none are dropped
@@ -75,8 +75,8 @@ def prepare_rehearsal(run_dir: Path, rows: list[dict[str, Any]], objective, acto
     return result
 
 
-def _generate(workers: list, items: list, group_size: int, seed: int, salt: int) -> list[RolloutGroup]:
-    calls = [workers[c % len(workers)].generate_groups.remote(items[start:start + CHUNK],
-                                                              chunk_seed(seed, 10**6 + salt, c), group_size=group_size)
+def _generate(fleet, items: list, group_size: int, seed: int, salt: int) -> list[RolloutGroup]:
+    calls = [fleet.generate(c % len(fleet), items[start:start + CHUNK], chunk_seed(seed, 10**6 + salt, c),
+                            group_size=group_size, what=f"{len(items[start:start + CHUNK])} prompts to split")
              for c, start in enumerate(range(0, len(items), CHUNK))]
-    return [group for chunk in ray.get(calls) for group in chunk]
+    return [group for chunk in fleet.results(calls) for group in chunk]

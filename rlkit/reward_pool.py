@@ -13,6 +13,15 @@ actor is killed and replaced, and the rewards still to run on it go to the repla
 whose process died (a reward that called ``os._exit``, a segfault) is replaced the same way. Either
 way the other rewards of the batch still count. Counting and weighting are those of
 :mod:`rlkit.reward_runner`, shared with the in-process path.
+
+Ray's two kinds of actor trouble are told apart (see :mod:`rlkit.recovery` for rollout workers):
+an actor that is only out of reach (``ActorUnavailableError``; reward actors are never restarted by
+Ray, so this is a network hiccup) is waited for, with backoff, and the call is sent to it again
+within the call's own deadline; each such retry is kept in ``RewardOutcome.retries`` for
+``failures.jsonl``. A call whose actor died (``ActorDiedError``) is not sent again: its retry budget is
+zero, because a reward call that kills its process is nearly always the reward's own doing on that
+input, so a retry would double the cost of every such batch to fail the same way. It counts as the
+reward's failure on the batch, and the actor is replaced.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlkit.reward_runner import (RewardBatch, RewardFn, RewardOutcome, RewardRunner, RewardScores, check_weights,
                                  combine, resolve_reward_funcs, score_one)
+from rlkit.runs import ACTOR_RETRY
 
 logger = logging.getLogger("rlkit.rewards")
 START_TIMEOUT_S = 300.0  # an actor that is not up by then means the cluster cannot place it
+MAX_RECONNECTS = 3  # sends of one call to an actor that was out of reach
 
 
 class RewardScorer(Protocol):
@@ -74,6 +85,7 @@ class _Lane:
     queue: deque[int]
     ref: Any = None  # the running call
     deadline: float = math.inf
+    reconnects: int = 0
 
 
 class RewardPool:
@@ -97,7 +109,10 @@ class RewardPool:
     def score(self, prompts: list[Any], completions: list[str], completion_ids: list[list[int]],
               rows: list[dict[str, Any]]) -> RewardOutcome:
         batch = RewardBatch.from_rows(prompts, completions, completion_ids, rows)
-        return combine(self.names, self.weights, batch, rows, self._run(batch))
+        self._retries: list[dict[str, Any]] = []
+        outcome = combine(self.names, self.weights, batch, rows, self._run(batch))
+        outcome.retries = self._retries
+        return outcome
 
     def close(self) -> None:
         if ray.is_initialized():  # after ray.shutdown the actors are gone already
@@ -128,6 +143,8 @@ class RewardPool:
             for lane in active:
                 if lane.ref in ready:
                     results[lane.queue[0]] = self._collect(lane, batch)
+                    if results[lane.queue[0]] is None:
+                        continue  # sent again to an actor that was out of reach
                 elif now >= lane.deadline:
                     results[lane.queue[0]] = RewardScores.failed(len(batch.completions),
                                                                  f"timeout after {self.timeout_s:g}s")
@@ -143,15 +160,49 @@ class RewardPool:
         process could take the finished result of the call before it along, depending on timing."""
         lane.ref = self._actors[lane.actor_index].score.remote(lane.queue[0], batch) if lane.queue else None
         lane.deadline = time.monotonic() + (self.timeout_s or math.inf)
+        lane.reconnects = 0
 
-    def _collect(self, lane: _Lane, batch: RewardBatch) -> RewardScores:
+    def _collect(self, lane: _Lane, batch: RewardBatch) -> RewardScores | None:
+        """The finished call's scores, or None when it was sent again (its actor was out of reach)."""
         try:
             return ray.get(lane.ref)
+        except ray.exceptions.ActorUnavailableError as exc:
+            if lane.reconnects < MAX_RECONNECTS and self._reconnect(lane, batch, exc):
+                return None
+            self._replace(lane, "was out of reach")
+            return RewardScores.failed(len(batch.completions), f"reward actor out of reach: {_first_line(exc)}")
         except ray.exceptions.RayActorError as exc:
             self._replace(lane, "died")
             return RewardScores.failed(len(batch.completions), f"reward process died: {_first_line(exc)}")
         except ray.exceptions.RayError as exc:  # e.g. the batch could not be unpickled there
             return RewardScores.failed(len(batch.completions), f"{type(exc).__name__}: {_first_line(exc)}")
+
+    def _reconnect(self, lane: _Lane, batch: RewardBatch, exc: BaseException) -> bool:
+        """Wait, with backoff and within the call's deadline, until the lane's actor answers; then send
+        the call to it again. False if it did not answer in time or is gone."""
+        started, delay = time.monotonic(), 0.25
+        actor = self._actors[lane.actor_index]
+        while (remaining := lane.deadline - time.monotonic()) > 0:
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=remaining)
+                break
+            except ray.exceptions.ActorDiedError:
+                return False
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                time.sleep(min(delay, max(lane.deadline - time.monotonic(), 0.0)))
+                delay = min(2 * delay, 5.0)
+        else:
+            return False
+        lane.reconnects += 1
+        lane.ref = actor.score.remote(lane.queue[0], batch)  # the deadline stays the first send's
+        waited = time.monotonic() - started
+        self._retries.append({"kind": ACTOR_RETRY, "actor": f"reward actor {lane.actor_index}",
+                              "call": self.names[lane.queue[0]], "error": type(exc).__name__,
+                              "detail": _first_line(exc), "restarted": False, "replaced": False,
+                              "retry": lane.reconnects, "max_retries": MAX_RECONNECTS, "waited_s": round(waited, 3)})
+        logger.warning("reward actor %d was out of reach in reward %r; back after %.1f s, sent again (%d of %d)",
+                       lane.actor_index, self.names[lane.queue[0]], waited, lane.reconnects, MAX_RECONNECTS)
+        return True
 
     def _replace(self, lane: _Lane, why: str) -> None:
         """Kill the lane's actor and start a fresh one."""

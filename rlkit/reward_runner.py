@@ -39,6 +39,7 @@ class RewardOutcome:
     components: list[dict[str, float | None]]
     failures: dict[str, int] = field(default_factory=dict)
     failure_examples: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)  # calls sent again to an actor out of reach
 
 
 @dataclass

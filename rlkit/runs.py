@@ -17,6 +17,10 @@ from typing import Any
 import yaml
 
 COMPLETE = "COMPLETE"
+# failures.jsonl entries about the run's actors rather than a step's samples: a call sent again after
+# its rollout worker died or was out of reach, and the death that ended a run
+ACTOR_RETRY, ACTOR_DIED = "actor_retry", "actor_died"
+RUN_EVENTS = (ACTOR_RETRY, ACTOR_DIED)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -54,8 +58,9 @@ class RunDirectory:
     def truncate_failures_after(self, step: int) -> None:
         """On resume: drop failures logged by steps the checkpoint does not cover (they run again)."""
         if self.failures_path.is_file():
+            # what happened to the run's actors stays: it is history, not a result the steps redo
             kept = [line for line in self.failures_path.read_text().splitlines()
-                    if json.loads(line).get("step", 0) <= step]
+                    if json.loads(line).get("step", 0) <= step or json.loads(line).get("kind") in RUN_EVENTS]
             atomic_write_text(self.failures_path, "".join(line + "\n" for line in kept))
 
     def append_failures(self, step: int, failures: list[dict[str, Any]]) -> None:

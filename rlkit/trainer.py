@@ -17,7 +17,8 @@ from rlkit.config import ConfigError, RLConfig, apply_mapping
 from rlkit.objectives import objective_from_config
 from rlkit.prompts import PromptSource, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
-from rlkit.runs import MetricsLogger, RunDirectory, TrainingProgress, plot_reward_curve, render_summary, write_summary
+from rlkit.runs import (ACTOR_DIED, ACTOR_RETRY, MetricsLogger, RunDirectory, TrainingProgress, plot_reward_curve,
+                        render_summary, write_summary)
 
 
 class RLTrainer:
@@ -92,6 +93,8 @@ class RLTrainer:
     # --- the run ---------------------------------------------------------------------------------
 
     def train(self, resume: bool = False) -> dict[str, Any]:
+        from ray.exceptions import RayActorError
+
         from rlkit.cluster import place_actors
         from rlkit.rollout.schedule import StepPipeline
 
@@ -101,6 +104,7 @@ class RLTrainer:
         run.check_usable(resume=resume)
         per_step = config.learner.micro_batch_groups * config.learner.num_learners
         actors = place_actors(config, self.reward_funcs, config.rollout.prompts_per_step // per_step)
+        state: dict[str, Any] = {"step": 0}
         try:
             # written once the actors are up, so a run that cannot start leaves no folder behind
             run.create(config.to_dict(), resume=resume)
@@ -112,12 +116,15 @@ class RLTrainer:
                 rehearsal = prepare_rehearsal(run.path, rows, objective, actors, config)
                 rows, pool = rehearsal.exploration_rows, rehearsal.pool
             source = PromptSource(rows, seed=config.seed, shuffle=config.data.shuffle)
-            pipeline = StepPipeline(config, actors.workers, actors.learners, source, rehearsal_pool=pool)
+            pipeline = StepPipeline(config, actors.fleet, actors.learners, source, rehearsal_pool=pool)
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:
                 state["eval_before"] = self._evaluate(actors)["pass_rate"]
+            run.append_failures(state["step"], actors.fleet.take_retries())
             summary = self._loop(run, actors, pipeline, state)
+        except RayActorError as exc:
+            raise _actor_lost(exc, actors, run, state["step"]) from exc
         finally:
             actors.shutdown()
         return summary
@@ -135,15 +142,19 @@ class RLTrainer:
                 t0 = time.perf_counter()
                 out = pipeline.run_step(step)
                 metrics = step_metrics(out, step, time.perf_counter() - t0)
-                run.append_failures(step + 1, [f for g in sampled_groups(out) for f in g.failures])
                 if config.eval_steps and (step + 1) % config.eval_steps == 0 and step + 1 < config.max_steps:
                     metrics["eval_pass_rate"] = self._evaluate(actors)["pass_rate"]
+                eval_retries = actors.fleet.take_retries()
+                metrics["actor_retries"] += len(eval_retries)
+                run.append_failures(step + 1, [f for g in sampled_groups(out) for f in g.failures]
+                                    + out.retries + eval_retries)
                 logger.log(step + 1, metrics)
                 bar.update(step + 1, metrics)
                 state.update(step=step + 1, wall_seconds=wall_before + time.perf_counter() - started)
                 if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
                     self._checkpoint(run, actors, pipeline, state)
         after = self._evaluate(actors)
+        run.append_failures(state["step"], actors.fleet.take_retries())
         ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners])
         summary = {
             "run_dir": str(run.path), "steps": state["step"],
@@ -159,7 +170,9 @@ class RLTrainer:
         return summary
 
     def _evaluate(self, actors) -> dict[str, float]:
-        return ray_get(actors.workers[0].evaluate.remote(self.eval_rows, self.config.rewards.pass_threshold))
+        fleet = actors.fleet
+        return fleet.result(fleet.call(0, "evaluate", self.eval_rows, self.config.rewards.pass_threshold,
+                                       what=f"evaluation on {len(self.eval_rows)} rows"))
 
     def _checkpoint(self, run: RunDirectory, actors, pipeline, state: dict[str, Any]) -> None:
         path = run.checkpoint_dir(state["step"])
@@ -197,18 +210,35 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
         "loss": learner["loss"], "entropy": learner["entropy"],
         "completion_length": statistics.fmean(lengths),
         "truncated_fraction": statistics.fmean(r.truncated for g in sampled for r in g.rollouts),
-        "tokens_per_second": sum(lengths) / seconds, "step_seconds": seconds,
+        "tokens_per_second": sum(lengths) / seconds, "step_seconds": seconds, "trained_groups": len(out.groups),
         "policy_version": min(versions), "staleness": step - min(versions),
         "update_seconds": out.update_seconds,
         "solved_groups": sum(all(r > 0 for r in g.rewards) for g in sampled) / len(sampled),
         "zero_variance_groups": sum(len(set(g.rewards)) == 1 for g in sampled) / len(sampled),
-        "failures": sum(len(g.failures) for g in sampled),  # reward and environment failures (failures.jsonl)
+        # reward and environment failures, and calls sent again after an actor died (all in failures.jsonl)
+        "failures": sum(f.get("kind") != ACTOR_RETRY for g in sampled for f in g.failures),
+        "actor_retries": len(out.retries) + sum(f.get("kind") == ACTOR_RETRY for g in sampled for f in g.failures),
     }
     if any(g.multi_turn for g in sampled):
         metrics["turns_mean"] = statistics.fmean(len(r.turn_rewards or [0]) for g in sampled for r in g.rollouts)
     metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
     metrics.update(out.extra)
     return metrics
+
+
+def _actor_lost(exc, actors, run: RunDirectory, steps_done: int) -> BaseException:
+    """An actor error the rollout fleet does not recover from (a learner's death): record it in
+    failures.jsonl and say how the run goes on."""
+    name = actors.name_of(exc) or "an actor"
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    run.append_failures(steps_done + 1, [{"kind": ACTOR_DIED, "actor": name, "error": type(exc).__name__,
+                                          "detail": detail}])
+    latest = run.latest_checkpoint()
+    how = (f"resume it from its last checkpoint (step {latest[0]}): rlkit train --resume {run.path}" if latest
+           else "it has no checkpoint yet (save_steps), so start it again")
+    why = ("a learner's calls cannot run twice and its optimizer state is lost with it, so the run stops"
+           if name.startswith("learner") else "the run stops")
+    return RuntimeError(f"{name} died during step {steps_done + 1} ({type(exc).__name__}: {detail}); {why}; {how}")
 
 
 def sampled_groups(out) -> list:

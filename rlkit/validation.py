@@ -34,8 +34,9 @@ MINIMUMS: dict[str, float] = {
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
     "learner.micro_batch_groups": 1, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
-    "rewards.timeout_s": 0.0, "rewards.num_workers": 0,
+    "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0,
 }
+POSITIVE = ("cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s")
 
 
 def validate(config: RLConfig) -> None:
@@ -62,6 +63,9 @@ def _check_choices_and_ranges(config: RLConfig) -> None:
         value = _get(config, key)
         if value < low:
             raise ConfigError(f"{key}: must be >= {low}, got {value}")
+    for key in POSITIVE:
+        if _get(config, key) <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {_get(config, key)}")
     if config.rollout.temperature <= 0:
         raise ConfigError(f"rollout.temperature: must be > 0, got {config.rollout.temperature}")
     if not 0 < config.rollout.top_p <= 1:

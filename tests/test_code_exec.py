@@ -19,7 +19,8 @@ PARTIAL = "```python\ndef add3(x):\n    return x + 3 if x > 0 else x + 2\n```"  
 
 
 def reward(**kwargs) -> CodeExecReward:
-    return CodeExecReward(**{"timeout_s": 2.0, "max_parallel": 4, **kwargs})
+    # programs that should pass get a wall clock no slow machine uses up; tests of timeouts set theirs
+    return CodeExecReward(**{"timeout_s": 20.0, "max_parallel": 4, **kwargs})
 
 
 def score(fn: CodeExecReward, completions: list[str], tests=TESTS) -> list[float | None]:
@@ -222,7 +223,7 @@ def test_no_sandbox_directories_are_left_behind(monkeypatch):
         return result
 
     monkeypatch.setattr(module, "run_python", recording_run_python)
-    score(reward(), [CORRECT, PARTIAL, fenced("while True: pass")], tests=TESTS)
+    score(reward(timeout_s=2.0), [CORRECT, PARTIAL, fenced("while True: pass")], tests=TESTS)
     score(reward(), [fenced("print(input())")], tests=[{"stdin": "a", "stdout": "a"}])
     assert len(seen) == 4
     assert not any(os.path.exists(os.path.dirname(workdir)) for workdir in seen)

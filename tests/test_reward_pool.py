@@ -63,7 +63,8 @@ GOOD_TOTALS = [2.5, 0.5, 0.5]
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=["inline", "pool1", "pool2"])
 def scorer(request):
-    config = RewardsConfig(timeout_s=1.0, num_workers=request.param)
+    # long enough that no well-behaved call on a busy machine runs into it; the hanging reward sleeps 60 s
+    config = RewardsConfig(timeout_s=5.0, num_workers=request.param)
     scorer = build_reward_scorer([("exact", exact), ("flaky", flaky)], WEIGHTS, config)
     assert isinstance(scorer, RewardRunner if request.param == 0 else RewardPool)
     yield scorer
@@ -78,7 +79,7 @@ def test_weighted_totals_are_the_hand_computed_ones(scorer):
     assert outcome.failures == {} and outcome.failure_examples == []
 
 
-@pytest.mark.parametrize("mode, error", [("raise", "ValueError: bad reward"), ("hang", "timeout after 1s"),
+@pytest.mark.parametrize("mode, error", [("raise", "ValueError: bad reward"), ("hang", "timeout after 5s"),
                                          ("short", "expected a list of 3 numbers, got list of length 2"),
                                          ("exit", "reward process died")])
 def test_a_failed_call_counts_once_keeps_the_sample_and_the_next_call_works(scorer, mode, error, caplog):
@@ -118,7 +119,7 @@ def test_none_means_not_applicable_and_is_no_failure(scorer):
 
 @pytest.mark.parametrize("mode", ["hang", "exit"])
 def test_calls_queued_behind_a_killed_call_run_on_the_replacement(mode):
-    config = RewardsConfig(timeout_s=1.0, num_workers=1)  # one actor: exact waits behind flaky
+    config = RewardsConfig(timeout_s=5.0, num_workers=1)  # one actor: exact waits behind flaky
     with build_reward_scorer([("flaky", flaky), ("exact", exact)], [0.5, 2.0], config) as pool:
         outcome = pool.score(*batch(mode))
         assert outcome.failures == {"flaky": 1} and outcome.totals == [2.0, 0.0, 0.0]
@@ -150,3 +151,24 @@ def test_references_and_classes_are_resolved_where_the_rewards_run(tmp_path):
     assert [name for name, _ in resolve_reward_funcs(funcs, args)] == ["contains", "local"]
     with build_reward_scorer(funcs, [1.0, 10.0], RewardsConfig(num_workers=1, args=args)) as pool:
         assert pool.score(*batch("ok")).totals == [1.0, 1.0, 10.0]
+
+
+def test_an_actor_out_of_reach_is_waited_for_and_the_call_sent_again(monkeypatch):
+    """ActorUnavailableError (a network hiccup: reward actors are never restarted by Ray) is no
+    failure: the pool waits until the actor answers and sends the same call to it again."""
+    config = RewardsConfig(timeout_s=30.0, num_workers=1)
+    with build_reward_scorer([("exact", exact), ("flaky", flaky)], WEIGHTS, config) as pool:
+        real_get, lost = ray.get, []
+
+        def get_losing_the_first_result(refs, *args, **kwargs):
+            if not lost and isinstance(refs, ray.ObjectRef) and not args and not kwargs:
+                lost.append(refs)
+                raise ray.exceptions.ActorUnavailableError("connection reset", None)
+            return real_get(refs, *args, **kwargs)
+
+        monkeypatch.setattr(ray, "get", get_losing_the_first_result)
+        outcome = pool.score(*batch("ok"))
+    assert lost and outcome.totals == GOOD_TOTALS and outcome.failures == {}
+    (retry,) = outcome.retries
+    assert retry["kind"] == "actor_retry" and retry["actor"] == "reward actor 0" and retry["call"] == "exact"
+    assert retry["error"] == "ActorUnavailableError" and not retry["restarted"] and retry["waited_s"] >= 0

@@ -160,7 +160,8 @@ def test_a_slow_comparison_times_out_to_zero(monkeypatch):
         time.sleep(30)
         return True
 
-    reward, completion = MathReward(timeout_s=1), ["\\boxed{\\frac{4}{2}}"]  # equal to 2 only symbolically
+    # 5 s: the real comparison must finish within it even on a busy machine; the stuck one sleeps 30 s
+    reward, completion = MathReward(timeout_s=5), ["\\boxed{\\frac{4}{2}}"]  # equal to 2 only symbolically
     assert reward(["q"], completion, answer=["2"]) == [1.0]
     monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", stuck)
     # 0.0 (not the 1.0 the stuck comparison would return after 30 s): the bound cut it off
@@ -179,7 +180,7 @@ def test_a_slow_parse_times_out_to_zero(monkeypatch):
 
     monkeypatch.setattr(math_verify.parser, "extract_target_from_pred", slow_on_completions)
     # the stuck parse scores 0.0 (its 30 s sleep cut off), the next completion is still read
-    assert MathReward(timeout_s=0.5)(["q", "q"], ["stuck 2", "2"], answer=["2", "2"]) == [0.0, 1.0]
+    assert MathReward(timeout_s=5)(["q", "q"], ["stuck 2", "2"], answer=["2", "2"]) == [0.0, 1.0]
 
 
 def test_off_the_main_thread_it_runs_without_signals():

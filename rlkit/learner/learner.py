@@ -17,6 +17,7 @@ import torch
 
 from rlkit.config import RLConfig
 from rlkit.data import RolloutGroup, TrainBatch
+from rlkit.learner.op_builds import bounded_build_locks, prepare_op_builds
 from rlkit.learner.optim import NormalizedAdamW, learning_rate_at
 from rlkit.learner.scoring import policy_logprobs
 from rlkit.objectives import PolicyBatch, StepStats, objective_from_config
@@ -51,6 +52,12 @@ class Learner:
 
     def connect(self, master_addr: str, master_port: int) -> None:
         """Join the process group, load the model(s) and build the DeepSpeed engine."""
+        config = self.config
+        prepare_op_builds()  # before DeepSpeed starts: it builds ops as it initializes
+        with bounded_build_locks(config.cluster.op_lock_timeout_s):
+            self._connect(master_addr, master_port)
+
+    def _connect(self, master_addr: str, master_port: int) -> None:
         import deepspeed
 
         config = self.config

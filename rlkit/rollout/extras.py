@@ -74,8 +74,8 @@ class TemperedRows:
     step s+2: one step later than in a fully sequential loop.
     """
 
-    def __init__(self, config: RLConfig, objective, workers: list, submit_chunk: Callable, fetch: Callable):
-        self.config, self.objective, self.workers = config, objective, workers
+    def __init__(self, config: RLConfig, objective, submit_chunk: Callable, fetch: Callable):
+        self.config, self.objective = config, objective
         self.submit_chunk, self.fetch = submit_chunk, fetch
         self.pending: dict[int, Any] = {}
 
@@ -109,4 +109,4 @@ class TemperedRows:
         from rlkit.rollout.schedule import Chunk
 
         self.objective.load_state_dict(state["objective"])
-        self.pending = {int(step): Chunk(ray.put(groups)) for step, groups in state["pending"].items()}
+        self.pending = {int(step): Chunk(restored=ray.put(groups)) for step, groups in state["pending"].items()}

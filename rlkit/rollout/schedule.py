@@ -13,9 +13,9 @@ Ray runs an actor's calls in submission order, which is what makes this simple: 
 ``set_weights`` submitted after step k's generation calls applies to everything submitted later.
 
 A rollout worker that dies (a crashed reward, an out-of-memory kill) is restarted by Ray with
-its initial weights; the pipeline loads the current weights into it and submits the lost chunk
-again with the same sampling seed, so no group is lost or trained twice and the run goes on as
-if nothing had happened.
+its initial weights; the fleet (:mod:`rlkit.recovery`) waits until it answers, loads the current
+weights into it and sends the lost chunk again with the same sampling seed, so no group is lost or
+trained twice and the run goes on as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import ray
 from rlkit.config import RLConfig
 from rlkit.data import RolloutGroup
 from rlkit.prompts import PromptSource
+from rlkit.recovery import RolloutFleet, WorkerCall
 
 
 @dataclass
@@ -46,21 +46,20 @@ class StepOutput:
     dropped: list[RolloutGroup] = field(default_factory=list)  # sampled, left out by dynamic sampling
     replayed: list[RolloutGroup] = field(default_factory=list)  # trained again from earlier steps
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-MAX_CHUNK_RETRIES = 3  # attempts after a worker death; rollout actors restart up to 3 times
+    retries: list[dict[str, Any]] = field(default_factory=list)  # rollout calls sent again (failures.jsonl)
 
 
 @dataclass
 class Chunk:
-    """One generation call: the prompts it covers and how to submit it again if its worker dies."""
+    """One generation call and the prompts it covers; or groups restored from a checkpoint."""
 
-    ref: ray.ObjectRef
-    items: list[tuple[int, dict[str, Any]]] | None = None  # None for groups restored from a checkpoint
-    seed: int = 0
-    worker: int = 0
-    retries: int = 0
-    temperature: float | None = None  # another sampling temperature than the run's (AEPO)
+    call: WorkerCall | None = None
+    restored: ray.ObjectRef | None = None
+    items: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def ref(self) -> ray.ObjectRef:
+        return self.call.ref if self.call is not None else self.restored
 
 
 def dynamic_sampling_enabled(config: RLConfig) -> bool:
@@ -130,12 +129,12 @@ def chunk_seed(seed: int, step: int, chunk: int) -> int:
 
 
 class StepPipeline:
-    def __init__(self, config: RLConfig, workers: list, learners: list, source: PromptSource,
+    def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
                  rehearsal_pool: list[RolloutGroup] | None = None):
         from rlkit.objectives import objective_from_config
 
         self.config = config
-        self.workers = workers
+        self.fleet = fleet
         self.learners = learners
         self.source = source
         # the driver's own copy of the objective: what it asks of the pipeline, and AEPO's temperature
@@ -143,8 +142,6 @@ class StepPipeline:
         self.extras = self._extra_rows(rehearsal_pool)
         self.pending: dict[int, list[Chunk]] = {}  # step -> generation calls, one per chunk
         self.next_to_submit = 0
-        self.weights: ray.ObjectRef | None = None  # the latest exported weights, for restarted workers
-        self.version = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
         self.replay: collections.deque[list[RolloutGroup]] = collections.deque(maxlen=config.rollout.replay_buffer_steps)
@@ -162,16 +159,16 @@ class StepPipeline:
             return RehearsalRows(rehearsal_pool or [], max(per_step, self.config.learner.num_learners),
                                  self.config.seed)
         if kind == "tempered":
-            return TemperedRows(self.config, self.objective, self.workers, self._tempered_chunk, self._result)
+            return TemperedRows(self.config, self.objective, self._tempered_chunk, self._result)
         if kind is not None:
             raise ValueError(f"objective {self.config.objective.name!r} asks for extra rows {kind!r}; "
                              "the pipeline knows 'rehearsal' and 'tempered'")
         return None
 
     def _tempered_chunk(self, step: int, items: list, temperature: float) -> Chunk:
-        seed, worker = chunk_seed(self.config.seed, step, 100_000), 0
-        call = self.workers[worker].generate_groups.remote(items, seed, temperature=temperature)
-        return Chunk(call, items, seed, worker, temperature=temperature)
+        seed = chunk_seed(self.config.seed, step, 100_000)
+        call = self.fleet.generate(0, items, seed, temperature=temperature, what=f"{len(items)} tempered prompts")
+        return Chunk(call, items=items)
 
     def _submit(self, step: int) -> None:
         rollout = self.config.rollout
@@ -189,8 +186,9 @@ class StepPipeline:
         chunks = []
         for c, start in enumerate(range(0, len(items), group_per_chunk), start=first_chunk):
             part = items[start:start + group_per_chunk]
-            seed, worker = chunk_seed(self.config.seed, step, c), c % len(self.workers)
-            chunks.append(Chunk(self.workers[worker].generate_groups.remote(part, seed), part, seed, worker))
+            seed, worker = chunk_seed(self.config.seed, step, c), c % len(self.fleet)
+            chunks.append(Chunk(self.fleet.generate(worker, part, seed, what=f"{len(part)} prompts of step {step + 1}"),
+                                items=part))
         return chunks
 
     def _fill(self, step: int) -> None:
@@ -249,7 +247,7 @@ class StepPipeline:
             self._fill(step + 1)
         ray.get(learner_calls)
         learner_out = _reduce(ray.get(steps))
-        ray.get(loaded)
+        self._confirm_weights(loaded)
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
@@ -260,7 +258,7 @@ class StepPipeline:
             sampling["replay_age"] = statistics.fmean(step - g.policy_version for g in replayed) if replayed else 0.0
         return StepOutput(groups=groups, learner=learner_out, update_seconds=time.perf_counter() - t0,
                           wait_seconds=wait_seconds, dropped=_without(dropped, filler), replayed=replayed,
-                          extra=sampling)
+                          extra=sampling, retries=self.fleet.take_retries())
 
     def _draw_replay(self, step: int, count: int) -> list[RolloutGroup]:
         """``count`` groups of the buffered steps, drawn without replacement with a per-step seed."""
@@ -298,30 +296,23 @@ class StepPipeline:
         return take, _without(groups, take)
 
     def _result(self, chunk: Chunk) -> list[RolloutGroup]:
-        """The chunk's groups; if its worker died, reload the weights into it and generate again."""
-        while True:
-            try:
-                return ray.get(chunk.ref)
-            except ray.exceptions.RayActorError as exc:
-                if chunk.items is None or chunk.retries >= MAX_CHUNK_RETRIES:
-                    raise RuntimeError(f"rollout worker {chunk.worker} died {chunk.retries + 1} times "
-                                       f"generating the same prompts; giving up") from exc
-                chunk.retries += 1
-                print(f"warning: rollout worker {chunk.worker} died ({type(exc).__name__}); restarted, "
-                      f"regenerating its {len(chunk.items)} prompts (retry {chunk.retries})",
-                      file=sys.stderr, flush=True)
-                worker = self.workers[chunk.worker]
-                worker.set_weights.remote(self.weights, self.version)  # a restarted actor has initial weights
-                chunk.ref = worker.generate_groups.remote(chunk.items, chunk.seed, temperature=chunk.temperature)
+        """The chunk's groups (sent again by the fleet if its worker died meanwhile)."""
+        if chunk.call is None:
+            return ray.get(chunk.restored)
+        return self.fleet.result(chunk.call)
 
-    def _send_weights(self, version: int) -> list[ray.ObjectRef]:
+    def _send_weights(self, version: int) -> tuple[list[WorkerCall], list[ray.ObjectRef]]:
         """Queue the export of the learners' weights and their loading into every worker."""
         exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
-        self.weights, self.version = exports[0], version
-        return [w.set_weights.remote(self.weights, version) for w in self.workers] + exports[1:]
+        return self.fleet.load_weights(exports[0], version), exports[1:]
+
+    def _confirm_weights(self, sent: tuple[list[WorkerCall], list[ray.ObjectRef]]) -> None:
+        loads, other_ranks = sent
+        self.fleet.results(loads)
+        ray.get(other_ranks)
 
     def push_initial_weights(self, version: int) -> None:
-        ray.get(self._send_weights(version))
+        self._confirm_weights(self._send_weights(version))
 
     # --- checkpoint state ----------------------------------------------------------------------
 
@@ -337,7 +328,7 @@ class StepPipeline:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
         self.next_to_submit = state["next_to_submit"]
-        self.pending = {int(step): [Chunk(ray.put(groups)) for groups in chunks]
+        self.pending = {int(step): [Chunk(restored=ray.put(groups)) for groups in chunks]
                         for step, chunks in state["pending"].items()}
         self.replay.extend(state.get("replay", []))
         self.replay_counts = {int(k): v for k, v in state.get("replay_counts", {}).items()}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import uuid
 from typing import Any
 
 import torch
@@ -27,6 +29,8 @@ class RolloutWorker:
         if threads:  # 0 keeps the process's setting
             torch.set_num_threads(threads)
         self.config = config
+        # a new id for every start of this actor: the driver tells a restarted worker by it
+        self._incarnation = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tokenizer = load_tokenizer(config.model)
         model = load_model(config.model, trainable=False)
         if torch.cuda.is_available():
@@ -46,10 +50,15 @@ class RolloutWorker:
     def multi_turn(self) -> bool:
         return self.episodes is not None
 
-    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+    def incarnation(self) -> str:
+        """Which start of this actor answers: a restart after a death draws a new one."""
+        return self._incarnation
+
+    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> str:
+        """Load the learner's weights; returns the incarnation that now holds them."""
         self.engine.load_weights(state_dict)
         self.policy_version = version
-        return version
+        return self._incarnation
 
     def generate_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *,
                         temperature: float | None = None, group_size: int | None = None) -> list[RolloutGroup]:
@@ -79,6 +88,8 @@ class RolloutWorker:
         size = len(groups[0].rollouts) if groups else 1
         for example in outcome.failure_examples:
             groups[min(example.get("index", 0) or 0, len(pairs) - 1) // size].failures.append(example)
+        if groups:
+            groups[0].failures.extend(outcome.retries)
 
     def _episode_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, sampling: SamplingParams,
                         group_size: int) -> list[RolloutGroup]:

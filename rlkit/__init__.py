@@ -1,11 +1,11 @@
 """rlkit: reinforcement-learning post-training for language models."""
 
 from rlkit.config import RLConfig
-from rlkit.plugins import env, objective, reward
+from rlkit.plugins import engine, env, objective, reward
 
 __version__ = "0.1.0"
 
-__all__ = ["RLConfig", "RLTrainer", "env", "objective", "reward", "__version__"]
+__all__ = ["RLConfig", "RLTrainer", "engine", "env", "objective", "reward", "__version__"]
 
 
 def __getattr__(name: str):

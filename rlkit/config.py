@@ -30,6 +30,14 @@ def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
 
+GRADIENT_CHECKPOINTING_FROM_PARAMS = 1_000_000_000  # learner.gradient_checkpointing: auto
+# keys that no longer exist, and what replaced them
+RENAMED = {
+    "learner.micro_batch_groups": "set learner.micro_batch_size, in sequences (groups x rollout.num_generations); "
+                                  "generation no longer follows it (rollout.generation_batch_size)",
+}
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = _help(
@@ -98,7 +106,15 @@ class RolloutConfig:
     temperature: float = _help("sampling temperature", default=1.0)
     top_p: float = _help("nucleus sampling; 1.0 disables it", default=1.0)
     top_k: int = _help("top-k sampling; 0 disables it", default=0)
-    engine: str = _help("generation engine: hf (transformers generate with KV cache)", default="hf")
+    engine: str = _help(
+        "generation engine plugin: hf (transformers, one continuously batched decode loop), a registered "
+        "name, file.py:Class or module:Class (docs/engines.md)", default="hf")
+    generation_batch_size: int = _help(
+        "sequences a rollout worker's engine decodes together; sequences that end make room for waiting "
+        "prompts", default=256)
+    max_batch_tokens: int = _help(
+        "cap on the engine batch's KV cache in tokens, rows x (longest prompt + max_completion_length); "
+        "0 = only generation_batch_size limits it", default=0)
     dynamic_sampling: str = _help(
         "drop groups whose completions all scored the same and sample more prompts until the step is "
         "full (DAPO): true, false, or auto (as the objective prefers: on for dapo)", default="auto")
@@ -123,13 +139,16 @@ class LearnerConfig:
     max_grad_norm: float = _help("clip the gradient's global norm; 0 disables", default=1.0)
     lr_scheduler: str = _help("constant, linear or cosine decay to 0 over max_steps", default="cosine")
     warmup_steps: int = _help("linear warm-up steps", default=0)
-    micro_batch_groups: int = _help(
-        "prompt groups per learner micro-batch, also the unit generation hands to the learner", default=8)
+    micro_batch_size: int = _help(
+        "sequences per learner forward and backward pass (whole groups: a multiple of "
+        "rollout.num_generations); sets memory, not the algorithm", default=64)
     num_learners: int = _help("data-parallel learner actors", default=1)
     zero_stage: int = _help("DeepSpeed ZeRO stage 0-3", default=0)
     backend: str = _help("torch.distributed backend: auto (nccl on GPU, gloo on CPU), gloo or nccl",
                          default="auto")
-    gradient_checkpointing: bool = _help("trade compute for activation memory", default=False)
+    gradient_checkpointing: str = _help(
+        "recompute activations in the backward pass to save memory: true, false, or auto (on for models "
+        f"of {GRADIENT_CHECKPOINTING_FROM_PARAMS // 10**9}B parameters or more)", default="auto")
 
 
 @dataclass
@@ -264,6 +283,8 @@ def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
     key = path[0]
     full = _dotted_name(target, key)
     if key not in names:
+        if full in RENAMED:
+            raise ConfigError(f"{full}{where} is gone: {RENAMED[full]}")
         raise ConfigError(f"unknown config key {full!r}{where}{_suggest(key, names, target)}")
     f = names[key]
     current = getattr(target, key)

@@ -1,8 +1,8 @@
-"""Registries for rewards, environments and objectives.
+"""Registries for rewards, environments, objectives and generation engines.
 
 Built-ins register exactly like third-party plugins do: with a decorator
 (``@rlkit.reward("name")``), through an entry-point group (``rlkit.rewards``,
-``rlkit.envs``, ``rlkit.objectives``) of an installed package, or by a reference
+``rlkit.envs``, ``rlkit.objectives``, ``rlkit.engines``) of an installed package, or by a reference
 ``path/to/file.py:name`` / ``package.module:name`` given where a name is expected.
 """
 
@@ -146,6 +146,7 @@ def _import_file(path: Path):
 objectives: Registry[Any] = Registry("objective", "rlkit.objectives", ("rlkit.objectives",))
 rewards: Registry[Callable[..., list]] = Registry("reward", "rlkit.rewards", ("rlkit.rewards",))
 envs: Registry[Any] = Registry("environment", "rlkit.envs", ("rlkit.envs",))
+engines: Registry[Any] = Registry("engine", "rlkit.engines", ("rlkit.rollout.engines",))
 
 
 def objective(name: str):
@@ -161,3 +162,8 @@ def reward(name: str):
 def env(name: str):
     """Decorator registering an environment class under ``name``."""
     return envs.register(name)
+
+
+def engine(name: str):
+    """Decorator registering a generation engine class (``from_config(config, device)``) under ``name``."""
+    return engines.register(name)

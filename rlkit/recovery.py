@@ -100,6 +100,7 @@ class RolloutFleet:
         self.weights = _Weights()
         self.retries: list[dict[str, Any]] = []
         self.incarnations: list[str] = ray.get([w.incarnation.remote() for w in workers])
+        self.last_load: dict[int, dict[str, Any]] = {}  # per worker: what its last set_weights reported
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -111,11 +112,15 @@ class RolloutFleet:
         ref = getattr(self.workers[index], method).remote(*args, **kwargs)
         return WorkerCall(index, method, args, kwargs, ref, self.incarnations[index], what=what)
 
-    def generate(self, index: int, *args, what: str = "", **kwargs) -> WorkerCall:
+    def generate(self, index: int, *args, what: str = "", method: str = "generate_groups", **kwargs) -> WorkerCall:
         """A ``generate_groups`` call whose groups must come from the current weights."""
-        call = self.call(index, "generate_groups", *args, what=what, **kwargs)
+        call = self.call(index, method, *args, what=what, **kwargs)
         call.version = self.weights.version
         return call
+
+    def stream(self, index: int, *args, what: str = "", **kwargs) -> WorkerStream:
+        """A ``stream_groups`` call: its groups arrive as the worker yields them."""
+        return WorkerStream(self, self.generate(index, *args, what=what, method="stream_groups", **kwargs))
 
     def load_weights(self, weights: ray.ObjectRef, version: int) -> list[WorkerCall]:
         """Queue ``set_weights`` on every worker; calls sent after this one run on these weights."""
@@ -136,7 +141,8 @@ class RolloutFleet:
                 self._recover(call, exc)
                 continue
             if call.method == "set_weights":
-                self.incarnations[call.index] = out
+                self.incarnations[call.index] = out["incarnation"]
+                self.last_load[call.index] = out
             if call.version is not None and _stale(out, call.version):
                 self._recover(call, None)  # a restart nobody saw: initial weights
                 continue
@@ -232,7 +238,53 @@ class RolloutFleet:
         load = WorkerCall(i, "set_weights", (self.weights.ref, self.weights.version), {},
                           self.workers[i].set_weights.remote(self.weights.ref, self.weights.version),
                           self.incarnations[i], what=f"weights v{self.weights.version}")
-        self.incarnations[i] = self.result(load)  # a death during the load is recovered like any other
+        self.result(load)  # a death during the load is recovered like any other
+
+
+class WorkerStream:
+    """A streaming call to one worker (a Ray generator of lists of groups).
+
+    ``waitable`` is what to ``ray.wait`` on; :meth:`next_groups` gives the next item. If the worker
+    dies midway, the fleet brings it back and sends the whole call again (the groups of a call
+    depend only on its seed and prompts, so it yields the same ones); groups already delivered are
+    not delivered twice.
+    """
+
+    def __init__(self, fleet: RolloutFleet, call: WorkerCall):
+        self.fleet, self.call = fleet, call
+        self.delivered: set[int] = set()
+        self.ended = False
+
+    @property
+    def waitable(self):
+        return self.call.ref
+
+    def next_groups(self) -> list | None:
+        """The next item's groups not delivered before (possibly none); None once the stream ended."""
+        while True:
+            try:
+                groups = ray.get(next(self.call.ref))
+            except StopIteration:
+                self.ended = True
+                return None
+            except RayActorError as exc:
+                if not self.fleet._is_worker_error(self.call, exc):
+                    raise
+                self.fleet._recover(self.call, exc)
+                continue
+            if self.call.version is not None and _stale(groups, self.call.version):
+                self.fleet._recover(self.call, None)
+                continue
+            fresh = [g for g in groups if g.prompt_index not in self.delivered]
+            self.delivered.update(g.prompt_index for g in fresh)
+            return fresh
+
+    def drain(self) -> list:
+        """Every group still to come, in arrival order."""
+        out = []
+        while (groups := self.next_groups()) is not None:
+            out.extend(groups)
+        return out
 
 
 def _stale(groups: Any, version: int) -> bool:

@@ -210,7 +210,10 @@ def render_summary(summary: dict[str, Any], console=None) -> None:
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in summary.items():
-        if isinstance(value, float) and "pass_rate" in key:
+        if key == "peak_memory_mb":
+            text = "; ".join(f"{name} {peak['rss']:.0f} MB" + (f" (GPU {peak['cuda']:.0f} MB)" if peak.get("cuda") else "")
+                             for name, peak in value.items())
+        elif isinstance(value, float) and "pass_rate" in key:
             text = f"{value:.1%}"
         elif isinstance(value, float):
             text = f"{value:.4g}"

@@ -102,7 +102,7 @@ class RLTrainer:
         run = RunDirectory(config.output_dir or _default_run_dir(config))
         config.output_dir = str(run.path)
         run.check_usable(resume=resume)
-        per_step = config.learner.micro_batch_groups * config.learner.num_learners
+        per_step = config.learner.micro_batch_size // config.rollout.num_generations * config.learner.num_learners
         actors = place_actors(config, self.reward_funcs, config.rollout.prompts_per_step // per_step)
         state: dict[str, Any] = {"step": 0}
         try:
@@ -161,7 +161,7 @@ class RLTrainer:
             "eval_pass_rate_before": state["eval_before"], "eval_pass_rate_after": after["pass_rate"],
             "eval_rows": after["num_rows"], "wall_seconds": round(state["wall_seconds"], 2),
             "objective": config.objective.name, "schedule": config.rollout.schedule,
-            "final_model": str(run.final_model_dir),
+            "final_model": str(run.final_model_dir), "peak_memory_mb": _peak_memory(actors),
         }
         write_summary(run, summary)
         if config.logging.plot:
@@ -224,6 +224,15 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
     metrics.update(out.extra)
     return metrics
+
+
+def _peak_memory(actors) -> dict[str, dict[str, float | None]]:
+    """Each actor's peak resident memory (and peak CUDA allocation), in MB."""
+    names = [f"learner rank {r}" for r in range(len(actors.learners))]
+    names += [f"rollout worker {i}" for i in range(len(actors.workers))]
+    peaks = ray_get([a.peak_memory.remote() for a in actors.learners + actors.workers])
+    return {name: {k: (round(v, 1) if v is not None else None) for k, v in peak.items()}
+            for name, peak in zip(names, peaks)}
 
 
 def _actor_lost(exc, actors, run: RunDirectory, steps_done: int) -> BaseException:

@@ -19,9 +19,9 @@ CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "rollout.schedule": ("sync", "periodic_async"),
     "rollout.dynamic_sampling": ("auto", "true", "false"),
-    "rollout.engine": ("hf",),
     "learner.lr_scheduler": ("constant", "linear", "cosine"),
     "learner.backend": ("auto", "gloo", "nccl"),
+    "learner.gradient_checkpointing": ("auto", "true", "false"),
     "learner.zero_stage": (0, 1, 2, 3),
     "data.on_bad_row": ("error", "skip"),
     "cluster.use_gpu": ("auto", "true", "false"),
@@ -32,7 +32,7 @@ MINIMUMS: dict[str, float] = {
     "rollout.num_workers": 1, "rollout.num_generations": 2, "rollout.prompts_per_step": 1,
     "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
-    "learner.micro_batch_groups": 1, "learner.num_learners": 1, "learner.warmup_steps": 0,
+    "learner.micro_batch_size": 1, "rollout.generation_batch_size": 1, "rollout.max_batch_tokens": 0, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
     "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0,
 }
@@ -78,12 +78,20 @@ def _check_choices_and_ranges(config: RLConfig) -> None:
 
 def _check_relations(config: RLConfig) -> None:
     rollout, learner = config.rollout, config.learner
-    per_step = learner.micro_batch_groups * learner.num_learners
+    group = rollout.num_generations
+    if learner.micro_batch_size % group:
+        low = max(group, learner.micro_batch_size // group * group)
+        raise ConfigError(f"learner.micro_batch_size ({learner.micro_batch_size}) must be a multiple of "
+                          f"rollout.num_generations ({group}): a micro-batch holds whole groups; try {low}")
+    per_step = learner.micro_batch_size // group * learner.num_learners
     if rollout.prompts_per_step % per_step:
         raise ConfigError(
-            f"rollout.prompts_per_step ({rollout.prompts_per_step}) must be a multiple of "
-            f"learner.micro_batch_groups x learner.num_learners ({per_step}), so every learner gets "
-            f"the same number of whole groups")
+            f"rollout.prompts_per_step ({rollout.prompts_per_step}) must be a multiple of the groups per "
+            f"micro-batch x learner.num_learners ({per_step}: learner.micro_batch_size / rollout.num_generations "
+            f"x learner.num_learners), so every learner rank runs the same number of whole micro-batches")
+    if rollout.max_batch_tokens and rollout.max_batch_tokens < rollout.max_completion_length + 1:
+        raise ConfigError(f"rollout.max_batch_tokens ({rollout.max_batch_tokens}) cannot hold even one sequence "
+                          f"of rollout.max_completion_length ({rollout.max_completion_length}) tokens")
     if rollout.max_staleness > 0 and rollout.schedule == "sync":
         raise ConfigError("rollout.max_staleness > 0 needs rollout.schedule: periodic_async "
                           "(the sync schedule is on-policy by construction)")
@@ -96,6 +104,7 @@ def _check_plugins(config: RLConfig) -> None:
     for name in config.rewards.funcs:
         _lookup(plugins.rewards, name, "rewards.funcs")
     env_class = _lookup(plugins.envs, config.env.name, "env.name")
+    _lookup(plugins.engines, config.rollout.engine, "rollout.engine")
     _check_kwargs(env_class, config.env.args, "env.args")
     try:
         objective = objective_from_config(config.objective.name, config.objective.params)

@@ -13,7 +13,7 @@ from rlkit.trainer import RLTrainer
 
 @pytest.fixture(scope="module")
 def config_and_groups():
-    config = load_config(None, {"learner.micro_batch_groups": "2"})
+    config = load_config(None, {"learner.micro_batch_size": "16"})
     trainer = RLTrainer(args=config)
     worker = RolloutWorker(config, trainer.reward_funcs, threads=0)
     groups = worker.generate_groups(list(enumerate(trainer.train_rows[:4])), seed=3)

@@ -17,7 +17,7 @@ from rlkit.learner.scoring import policy_logprobs
 from rlkit.models import load_model
 from rlkit.objectives import objective_from_config
 from rlkit.rollout.episodes import EpisodeRunner
-from rlkit.rollout.hf_engine import SamplingParams
+from rlkit.rollout.engines import SamplingParams
 from rlkit.rollout.worker import RolloutWorker
 
 

@@ -17,7 +17,7 @@ from rlkit.plugins import PluginNotFoundError, Registry
 
 RLKIT = str(Path(sys.executable).with_name("rlkit"))
 # two steps of a small run: enough to call the rewards on every sampled completion
-SMALL_RUN = ["--max_steps", "2", "--rollout.prompts_per_step", "8", "--learner.micro_batch_groups", "8",
+SMALL_RUN = ["--max_steps", "2", "--rollout.prompts_per_step", "8", "--learner.micro_batch_size", "64",
              "--data.eval_limit", "16", "--save_steps", "0", "--logging.progress", "false",
              "--logging.plot", "false", "--logging.tensorboard", "false"]
 

@@ -53,9 +53,9 @@ class FakeWorker:
     def incarnation(self) -> str:
         return self._incarnation
 
-    def set_weights(self, weights, version: int) -> str:
+    def set_weights(self, weights, version: int) -> dict:
         self.weights, self.version = weights, version
-        return self._incarnation
+        return {"incarnation": self._incarnation, "bytes": 0, "seconds": 0.0}
 
     def generate_groups(self, items, seed, kill_file: str | None = None, kills: int = 0) -> list[Group]:
         """Kills its own process (SIGKILL, as the OOM killer does) on the first ``kills`` calls."""

@@ -64,12 +64,31 @@ def test_periodic_async_matches_sync(tmp_path):
     same_curves(sync, periodic)
 
 
+def test_periodic_async_trains_early_groups_while_long_ones_still_decode(tmp_path):
+    # a temperature that flattens the tiny model's distribution: the end token then comes after a
+    # token or two in some completions and never in others, which run to 48 tokens. A micro-batch is
+    # one group, handed to the learner the moment the group ends.
+    settings = {"max_steps": "2", "rollout.temperature": "8", "rollout.max_completion_length": "48",
+                "rollout.num_generations": "4", "rollout.prompts_per_step": "16", "learner.micro_batch_size": "4",
+                # a reward the random completions vary in: a length penalty past 8 tokens
+                "rewards.funcs": "[length_penalty]", "rewards.args": "{length_penalty: {max_tokens: 8, buffer: 32}}"}
+    _, periodic = train(tmp_path, "periodic", **settings)
+    _, sync = train(tmp_path, "sync", **settings, **{"rollout.schedule": "sync"})
+    assert all(m["truncated_fraction"] > 0 and m["completion_length"] < 40 for m in periodic)  # long and short
+    # learner seconds spent while the step was still generating: the first groups were trained
+    # before the longest sample had ended. Under sync the learner starts only after the last group.
+    assert all(m["learner_overlap_seconds"] > 0 for m in periodic)
+    assert all(m["learner_overlap_seconds"] == 0 for m in sync)
+    same_curves(sync, periodic)  # the same samples and the same update, in another order
+    assert all(m["grad_norm"] > 0 for m in periodic)  # there was an update to compare
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_with_two_learners_matches_a_single_plain_learner(tmp_path, stage):
     # 8 micro-batches accumulate into each update on one learner, 4 per rank on two
-    _, plain = train(tmp_path, "zero0", max_steps="3", **{"learner.micro_batch_groups": "4"})
+    _, plain = train(tmp_path, "zero0", max_steps="3", **{"learner.micro_batch_size": "32"})
     _, sharded = train(tmp_path, f"zero{stage}", max_steps="3", **{
-        "learner.micro_batch_groups": "4", "learner.zero_stage": str(stage), "learner.num_learners": "2"})
+        "learner.micro_batch_size": "32", "learner.zero_stage": str(stage), "learner.num_learners": "2"})
     assert all(m["grad_norm"] > 0 for m in plain + sharded)  # every step is an update
     same_curves(plain, sharded, keys=("reward_mean", "loss", "entropy", "grad_norm"))
 
@@ -122,7 +141,7 @@ def test_python_api_with_a_trl_style_reward_and_an_in_memory_dataset(tmp_path):
 
     rows = [{**row, "level": "easy"} for row in ArithEnv().dataset("train")[:64]]  # plain dicts, one more column
     trainer = RLTrainer(model="tiny-arith", reward_funcs=[digits_reward],
-                        args=RLConfig(max_steps=2, num_generations=4, prompts_per_step=8, micro_batch_groups=4,
+                        args=RLConfig(max_steps=2, num_generations=4, prompts_per_step=8, micro_batch_size=16,
                                       output_dir=str(tmp_path / "api"), save_steps=0, progress=False, plot=False,
                                       tensorboard=False),
                         train_dataset=rows, eval_dataset=rows[:20])
@@ -136,32 +155,33 @@ def test_a_rollout_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_pa
     from rlkit import RLConfig
     from rlkit.envs.arith import ArithEnv
 
-    calls = tmp_path / "reward_calls"
-
-    def exact_then_die_once(prompts, completions, answer, **kwargs):
-        # runs inside the rollout worker (rewards.num_workers 0): one call per chunk of 8 prompts, so
-        # call 7 (after the first evaluation and step 1's four chunks: step 2) kills that process outright
-        with open(calls, "a") as f:
-            f.write("x")
-        if calls.stat().st_size == 7:
-            os._exit(1)
-        return [float(c.strip() == a) for c, a in zip(completions, answer)]
-
-    def exact(prompts, completions, answer, **kwargs):
-        return [float(c.strip() == a) for c, a in zip(completions, answer)]
+    def counted_exact(calls: Path, die_at: int = 0):
+        def exact(prompts, completions, answer, **kwargs):
+            # runs inside the rollout worker (rewards.num_workers 0): one call for the evaluation, then
+            # one per batch of groups that end together. Call 3 is in step 1's stream, after a batch of
+            # its groups was delivered: the process dies outright.
+            with open(calls, "a") as f:
+                f.write("x")
+            if calls.stat().st_size == die_at:
+                os._exit(1)
+            return [float(c.strip() == a) for c, a in zip(completions, answer)]
+        return exact
 
     env = ArithEnv()
     results = {}
-    for name, reward in (("steady", exact), ("crashing", exact_then_die_once)):
+    for name, die_at in (("steady", 0), ("crashing", 3)):
         config = RLConfig(max_steps=3, save_steps=0, output_dir=str(tmp_path / name), progress=False, plot=False,
                           tensorboard=False, rewards={"num_workers": 0})
-        RLTrainer(reward_funcs=[reward], args=config, train_dataset=env.dataset("train")[:500],
-                  eval_dataset=env.dataset("eval")[:20]).train()
+        RLTrainer(reward_funcs=[counted_exact(tmp_path / f"{name}-calls", die_at)], args=config,
+                  train_dataset=env.dataset("train")[:500], eval_dataset=env.dataset("eval")[:20]).train()
         results[name] = read_metrics(tmp_path / name / "metrics.jsonl")
-    # 14 calls without the crash (2 evaluations, 3 steps x 4 chunks); the chunk that died is called again
-    assert calls.stat().st_size == 15
+    # the stream that died is sent again whole: its 2 calls before the death are made again
+    steady, crashing = ((tmp_path / f"{name}-calls").stat().st_size for name in ("steady", "crashing"))
+    assert crashing == steady + 2
+    # the groups delivered before the death are not trained twice, the others not lost: the same run
     same_curves(results["steady"], results["crashing"], keys=("reward_mean", "loss", "entropy", "policy_version"),
                 tol=1e-6)
+    assert [m["actor_retries"] for m in results["crashing"]] == [1, 0, 0]
 
 
 def test_dapo_dynamic_sampling_trains_only_groups_with_a_gradient_the_same_under_both_schedules(tmp_path):

@@ -73,7 +73,8 @@ class Learner:
         self.tokenizer = load_tokenizer(config.model)
         self.objective = objective_from_config(config.objective.name, config.objective.params)
         model = load_model(config.model)
-        if config.learner.gradient_checkpointing:
+        self.checkpointing = checkpointing_wanted(config.learner.gradient_checkpointing, model)
+        if self.checkpointing:
             model.gradient_checkpointing_enable()
         self.reference = None
         if self.objective.needs_reference():
@@ -90,7 +91,7 @@ class Learner:
             weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
             partitioned=cfg.zero_stage > 0 and self.world_size > 1)
         ds_config: dict[str, Any] = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_groups * self.config.rollout.num_generations,
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             "gradient_accumulation_steps": steps_per_update,
             "gradient_clipping": 0.0,  # done after normalization, in NormalizedAdamW
             "zero_optimization": {"stage": cfg.zero_stage},
@@ -117,7 +118,7 @@ class Learner:
         (``Objective.extra_rows``: DPH-RL's stored initial-policy samples, AEPO's tempered ones).
         ``version`` is the policy version of the learner's current weights (the step index).
         """
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         groups, skipped = self._split_inert(groups)
         batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
         policy = self._policy_batch(batch, version)
@@ -142,14 +143,13 @@ class Learner:
                           "learner_seconds": time.perf_counter() - started,
                           "entropy_sum": entropy_sum + skipped_entropy,
                           **{f"{k}_weighted": v * trained for k, v in metrics.items()}})
-        return {"tokens": trained, "sequences": batch.num_sequences}
+        return {"tokens": trained, "sequences": batch.num_sequences, "started": wall_started, "ended": time.time()}
 
     def _extra_policy_batch(self, batch: TrainBatch) -> PolicyBatch:
         """Extra rows scored like the step's own (logits / rollout temperature), ratio 1 on-policy."""
         batch = _to_device(batch, self.device)
-        share = not self.config.learner.gradient_checkpointing
         logprobs, entropy = policy_logprobs(self.engine, batch, self.config.rollout.temperature,
-                                            with_entropy=True, share_prompts=share)
+                                            with_entropy=True, share_prompts=not self.checkpointing)
         return PolicyBatch(logprobs=logprobs, old_logprobs=logprobs.detach(), mask=batch.completion_mask.float(),
                            advantages=torch.zeros(batch.num_sequences, device=logprobs.device),
                            behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach())
@@ -187,8 +187,8 @@ class Learner:
         temperature = self.config.rollout.temperature
         batch = _to_device(batch, self.device)
         # transformers turns the KV cache off under gradient checkpointing; then score the long way
-        share = not self.config.learner.gradient_checkpointing
-        logprobs, entropy = policy_logprobs(self.engine, batch, temperature, with_entropy=True, share_prompts=share)
+        logprobs, entropy = policy_logprobs(self.engine, batch, temperature, with_entropy=True,
+                                            share_prompts=not self.checkpointing)
         ref = None
         if self.reference is not None:
             with torch.no_grad():
@@ -233,11 +233,15 @@ class Learner:
         out["skipped_groups"] = self._sums.get("skipped_groups", 0.0)
         out["extra_rows"] = self._sums.get("extra_rows", 0.0)
         out["trained_tokens"] = self._sums.get("trained_tokens", 0.0)
+        out["weight_export_seconds"] = getattr(self, "export_seconds", 0.0)  # of the weights this step trained
         trained = max(out["trained_tokens"], 1.0)  # the objective's metrics cover these
         out.update({k[:-len("_weighted")]: v / trained for k, v in self._sums.items() if k.endswith("_weighted")})
         out.update(self.objective.log_metrics())  # adaptive state: clip bounds, temperatures
         self._reset_step_totals()
         return out
+
+    def peak_memory(self) -> dict[str, float | None]:
+        return peak_memory()
 
     # --- weights and checkpoints ---------------------------------------------------------------
 
@@ -245,8 +249,10 @@ class Learner:
         """Full CPU weights for rollout engines (rank 0 only; gathered under ZeRO-3)."""
         from rlkit.models import trainable_state_dict
 
+        started = time.perf_counter()
         with _gathered(self.engine, self.config.learner.zero_stage):
             state = trainable_state_dict(self.engine.module) if self.rank == 0 else None
+        self.export_seconds = time.perf_counter() - started  # reported with the next step
         return state
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any]) -> None:
@@ -273,6 +279,24 @@ class Learner:
         Path(path).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+
+
+def peak_memory() -> dict[str, float | None]:
+    """This process's peak resident memory and, on a GPU, torch's peak allocation, in MB."""
+    import resource
+
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cuda": cuda}
+
+
+def checkpointing_wanted(setting: str, model) -> bool:
+    """``learner.gradient_checkpointing``: true, false, or auto (on from a size up, where activations,
+    not weights, decide whether a micro-batch fits)."""
+    from rlkit.config import GRADIENT_CHECKPOINTING_FROM_PARAMS
+
+    if setting == "auto":
+        return sum(p.numel() for p in model.parameters()) >= GRADIENT_CHECKPOINTING_FROM_PARAMS
+    return setting == "true"
 
 
 def batch_advantages(objective, batch: TrainBatch) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from rlkit.data import Rollout
 from rlkit.envs.base import StepResult
-from rlkit.rollout.hf_engine import HFEngine, Sample, SamplingParams
+from rlkit.rollout.engines import Engine, Request, Sample, SamplingParams, generate
 
 logger = logging.getLogger("rlkit.envs")
 
@@ -66,7 +66,7 @@ class Episode:
 class EpisodeRunner:
     """Plays ``n`` episodes per row against an environment, batching each turn's generation."""
 
-    def __init__(self, engine: HFEngine, tokenizer, env, max_turns: int, max_positions: int):
+    def __init__(self, engine: Engine, tokenizer, env, max_turns: int, max_positions: int):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.engine, self.tokenizer, self.env = engine, tokenizer, env
@@ -79,18 +79,20 @@ class EpisodeRunner:
 
     def run(self, rows: list[dict[str, Any]], n: int, sampling: SamplingParams,
             seed: int | None = None) -> list[list[Rollout]]:
+        seed = 0 if seed is None else seed
         groups = [self._start(row, n) for row in rows]
-        first = self.engine.generate([g[0].prompt_ids for g in groups], n, sampling, seed=seed)
+        first = generate(self.engine, [Request.of(g[0].prompt_ids, n, key=i) for i, g in enumerate(groups)],
+                         sampling, seed)
         for group, samples in zip(groups, first):
             for episode, sample in zip(group, samples):
                 self._take_turn(episode, sample, 0, sampling)
         for turn in range(1, self.max_turns):
-            active = [e for group in groups for e in group if not e.done]
+            active = [(i * n + j, e) for i, group in enumerate(groups) for j, e in enumerate(group) if not e.done]
             if not active:
                 break
-            contexts = [e.prompt_ids + e.completion_ids for e in active]
-            samples = self.engine.generate(contexts, 1, sampling, seed=None if seed is None else seed + turn)
-            for episode, (sample,) in zip(active, samples):
+            # each episode continues from its own context: one sample, keyed by the episode
+            requests = [Request.of(e.prompt_ids + e.completion_ids, 1, key=k) for k, e in active]
+            for (_, episode), (sample,) in zip(active, generate(self.engine, requests, sampling, seed + turn)):
                 self._take_turn(episode, sample, turn, sampling)
         return [[e.to_rollout(self._decode) for e in group] for group in groups]
 

@@ -104,9 +104,5 @@ class TemperedRows:
                 "pending": {step: self.fetch(chunk) for step, chunk in self.pending.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        import ray
-
-        from rlkit.rollout.schedule import Chunk
-
         self.objective.load_state_dict(state["objective"])
-        self.pending = {int(step): Chunk(restored=ray.put(groups)) for step, groups in state["pending"].items()}
+        self.pending = {int(step): list(groups) for step, groups in state["pending"].items()}  # fetch takes either

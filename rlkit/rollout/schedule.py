@@ -34,7 +34,7 @@ import ray
 from rlkit.config import RLConfig
 from rlkit.data import RolloutGroup
 from rlkit.prompts import PromptSource
-from rlkit.recovery import RolloutFleet, WorkerCall
+from rlkit.recovery import RolloutFleet, WorkerCall, WorkerStream
 
 
 @dataclass
@@ -50,16 +50,13 @@ class StepOutput:
 
 
 @dataclass
-class Chunk:
-    """One generation call and the prompts it covers; or groups restored from a checkpoint."""
+class Generation:
+    """One generation call of a step: a stream of groups from a worker, or groups restored from a
+    checkpoint."""
 
-    call: WorkerCall | None = None
-    restored: ray.ObjectRef | None = None
-    items: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-
-    @property
-    def ref(self) -> ray.ObjectRef:
-        return self.call.ref if self.call is not None else self.restored
+    items: list[tuple[int, dict[str, Any]]]
+    stream: WorkerStream | None = None
+    restored: list[RolloutGroup] | None = None
 
 
 def dynamic_sampling_enabled(config: RLConfig) -> bool:
@@ -86,7 +83,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 class MicroBatchFeed:
-    """Hands groups to the learners in micro-batches of ``size``, round robin over ranks.
+    """Hands groups to the learners in micro-batches of ``size`` groups, round robin over ranks.
 
     ``extras`` (resolved when first needed) are the objective's extra rows of the step: they ride
     with each rank's last micro-batch, so every rank runs the same number of micro-batches.
@@ -101,16 +98,13 @@ class MicroBatchFeed:
         self.buffer: list[RolloutGroup] = []
         self.calls: list[ray.ObjectRef] = []
 
-    def add(self, groups: list[RolloutGroup], whole_chunk: ray.ObjectRef | None = None) -> None:
-        if whole_chunk is not None and not self.buffer and len(groups) == self.size:
-            self._send(whole_chunk)  # the chunk as generated: the learner reads it from the object store
-            return
+    def add(self, groups: list[RolloutGroup]) -> None:
         self.buffer.extend(groups)
         while len(self.buffer) >= self.size:
             self._send(self.buffer[:self.size])
             self.buffer = self.buffer[self.size:]
 
-    def _send(self, micro_batch) -> None:
+    def _send(self, micro_batch: list[RolloutGroup]) -> None:
         index, ranks = len(self.calls), len(self.learners)
         learner = self.learners[index % ranks]
         last_round = index - (self.total - ranks)
@@ -124,7 +118,9 @@ class MicroBatchFeed:
 
 
 def chunk_seed(seed: int, step: int, chunk: int) -> int:
-    """Sampling seed of one generation call; depends only on where the chunk sits in the run."""
+    """Sampling seed of one generation call; depends only on where the call sits in the run. With
+    the prompt's index in the step as the request's key, it fixes every sample of the step however
+    the prompts are split among workers."""
     return int(np.random.SeedSequence([seed, step, chunk]).generate_state(1)[0])
 
 
@@ -140,7 +136,8 @@ class StepPipeline:
         # the driver's own copy of the objective: what it asks of the pipeline, and AEPO's temperature
         self.objective = objective_from_config(config.objective.name, config.objective.params)
         self.extras = self._extra_rows(rehearsal_pool)
-        self.pending: dict[int, list[Chunk]] = {}  # step -> generation calls, one per chunk
+        self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
+        self.groups_per_micro_batch = config.learner.micro_batch_size // config.rollout.num_generations
         self.next_to_submit = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
@@ -165,31 +162,31 @@ class StepPipeline:
                              "the pipeline knows 'rehearsal' and 'tempered'")
         return None
 
-    def _tempered_chunk(self, step: int, items: list, temperature: float) -> Chunk:
+    def _tempered_chunk(self, step: int, items: list, temperature: float) -> WorkerCall:
         seed = chunk_seed(self.config.seed, step, 100_000)
-        call = self.fleet.generate(0, items, seed, temperature=temperature, what=f"{len(items)} tempered prompts")
-        return Chunk(call, items=items)
+        return self.fleet.generate(0, items, seed, temperature=temperature, what=f"{len(items)} tempered prompts")
 
     def _submit(self, step: int) -> None:
         rollout = self.config.rollout
         buffered = sum(len(groups) for groups in self.replay)
         self.replay_counts[step] = min(round(rollout.replay_fraction * rollout.prompts_per_step), buffered)
         fresh = rollout.prompts_per_step - self.replay_counts[step]
-        self.pending[step] = self._chunks(step, fresh, first_index=0, first_chunk=0)
+        self.pending[step] = self._generations(step, fresh, first_index=0, round_=0)
         if self.extras is not None:
-            self.extras.submit(step, [item for chunk in self.pending[step] for item in chunk.items])
+            self.extras.submit(step, [item for generation in self.pending[step] for item in generation.items])
 
-    def _chunks(self, step: int, num_prompts: int, first_index: int, first_chunk: int) -> list[Chunk]:
-        """Draw ``num_prompts`` prompts and submit their generation, one call per chunk."""
-        group_per_chunk = self.config.learner.micro_batch_groups
+    def _generations(self, step: int, num_prompts: int, first_index: int, round_: int) -> list[Generation]:
+        """Draw ``num_prompts`` prompts and stream their generation: one call per worker, each with a
+        contiguous share of the prompts (the engine batches a worker's share as it likes)."""
         items = list(enumerate(self.source.take(num_prompts), start=first_index))
-        chunks = []
-        for c, start in enumerate(range(0, len(items), group_per_chunk), start=first_chunk):
-            part = items[start:start + group_per_chunk]
-            seed, worker = chunk_seed(self.config.seed, step, c), c % len(self.fleet)
-            chunks.append(Chunk(self.fleet.generate(worker, part, seed, what=f"{len(part)} prompts of step {step + 1}"),
-                                items=part))
-        return chunks
+        seed, workers = chunk_seed(self.config.seed, step, round_), len(self.fleet)
+        share = -(-len(items) // workers)
+        out = []
+        for worker, start in enumerate(range(0, len(items), share)):
+            part = items[start:start + share]
+            stream = self.fleet.stream(worker, part, seed, what=f"{len(part)} prompts of step {step + 1}")
+            out.append(Generation(part, stream=stream))
+        return out
 
     def _fill(self, step: int) -> None:
         last = min(step + self.config.rollout.max_staleness, self.config.max_steps - 1)
@@ -201,21 +198,23 @@ class StepPipeline:
 
     def run_step(self, step: int) -> StepOutput:
         self._fill(step)
-        chunks = self.pending.pop(step)
+        generations = self.pending.pop(step)
         replayed = self._draw_replay(step, self.replay_counts.pop(step, 0))
         needed = self.config.rollout.prompts_per_step - len(replayed)
-        feed = MicroBatchFeed(self.learners, self.config.learner.micro_batch_groups,
+        feed = MicroBatchFeed(self.learners, self.groups_per_micro_batch,
                               total_groups=self.config.rollout.prompts_per_step, version=step,
                               extras=(lambda: self.extras.rows(step)) if self.extras is not None else None)
         kept, dropped = [], []
-        wait_seconds, rounds, next_chunk = 0.0, 0, len(chunks)
+        wait_seconds, rounds = 0.0, 0
+        started = generated = time.time()
         while True:
-            for chunk, chunk_groups, waited in self._arrivals(chunks):
+            for arrived, waited, arrived_at in self._arrivals(generations):
+                generated = max(generated, arrived_at)  # when the step's last groups arrived, in the end
                 wait_seconds += waited
-                take, drop = self._accept(chunk_groups, needed - len(kept))
+                take, drop = self._accept(arrived, needed - len(kept))
                 kept.extend(take)
                 dropped.extend(drop)
-                feed.add(take, whole_chunk=chunk.ref if len(take) == len(chunk_groups) else None)
+                feed.add(take)
                 if len(kept) == needed:
                     break
             if len(kept) == needed or rounds == self.config.rollout.max_sampling_rounds:
@@ -223,8 +222,7 @@ class StepPipeline:
             rounds += 1  # dynamic sampling: more prompts, in proportion to how many groups were kept
             missing, offered = needed - len(kept), len(kept) + len(dropped)
             more = _round_up(math.ceil(missing * offered / max(len(kept), offered / 8)), feed.size)
-            chunks = self._chunks(step, min(more, 2 * needed), first_index=offered, first_chunk=next_chunk)
-            next_chunk += len(chunks)
+            generations = self._generations(step, min(more, 2 * needed), first_index=offered, round_=rounds)
         filler = [g for g in dropped if _zero_variance(g)][:needed - len(kept)]  # no gradient, keeps the shape
         feed.add(filler)
         feed.add(replayed)
@@ -245,9 +243,10 @@ class StepPipeline:
             self.replay.append(sorted(kept + filler, key=lambda g: g.prompt_index))
         if step + 1 < self.config.max_steps:
             self._fill(step + 1)
-        ray.get(learner_calls)
+        micro_batches = ray.get(learner_calls)
         learner_out = _reduce(ray.get(steps))
-        self._confirm_weights(loaded)
+        learner_out["learner_overlap_seconds"] = _overlap(micro_batches, started, generated)
+        learner_out.update(self._confirm_weights(loaded))
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
@@ -268,23 +267,45 @@ class StepPipeline:
         picks = np.random.default_rng([self.config.seed, 13, step]).choice(len(pool), size=count, replace=False)
         return [pool[i] for i in sorted(picks)]
 
-    def _arrivals(self, chunks: list[Chunk]):
-        """Yield ``(chunk, groups, seconds waited)``: in index order under ``sync`` and dynamic
-        sampling (which groups fill the step must not depend on timing), else as they finish."""
-        if self.config.rollout.schedule == "sync":
-            ray.wait([c.ref for c in chunks], num_returns=len(chunks), fetch_local=False)
+    def _arrivals(self, generations: list[Generation]):
+        """Yield ``(groups, seconds waited, when they arrived)``: as they arrive under ``periodic_async``;
+        one at a time in prompt order under ``sync`` (once all have arrived) and under dynamic sampling
+        (where the step fills up must not depend on timing)."""
         in_order = self.config.rollout.schedule == "sync" or self.dynamic_sampling
-        by_ref = {chunk.ref: chunk for chunk in chunks}
-        remaining = [chunk.ref for chunk in chunks]
-        while remaining:
+        now = time.time()
+        for group in sorted((g for gen in generations if gen.restored is not None for g in gen.restored),
+                            key=lambda g: g.prompt_index):
+            yield [group], 0.0, now
+        streams = [gen.stream for gen in generations if gen.stream is not None]
+        if not streams:
+            return
+        if self.config.rollout.schedule == "sync":
             t0 = time.perf_counter()
-            if in_order:
-                ready, remaining = remaining[:1], remaining[1:]
-            else:
-                ready, remaining = ray.wait(remaining, num_returns=1)
-            chunk = by_ref[ready[0]]
-            groups = self._result(chunk)
-            yield chunk, groups, time.perf_counter() - t0
+            arrived = sorted((g for stream in streams for g in stream.drain()), key=lambda g: g.prompt_index)
+            waited, now = time.perf_counter() - t0, time.time()
+            for group in arrived:
+                yield [group], waited, now
+                waited = 0.0
+            return
+        expected = sorted(index for gen in generations if gen.stream is not None for index, _ in gen.items)
+        held: dict[int, RolloutGroup] = {}
+        while streams:
+            t0 = time.perf_counter()
+            ready, _ = ray.wait([s.waitable for s in streams], num_returns=1)
+            stream = next(s for s in streams if s.waitable == ready[0])
+            groups = stream.next_groups()
+            waited, now = time.perf_counter() - t0, time.time()
+            if groups is None:
+                streams.remove(stream)
+                continue
+            if not in_order:
+                if groups:
+                    yield groups, waited, now
+                continue
+            held.update((g.prompt_index, g) for g in groups)
+            while expected and expected[0] in held:
+                yield [held.pop(expected.pop(0))], waited, now
+                waited = 0.0
 
     def _accept(self, groups: list[RolloutGroup], room: int) -> tuple[list[RolloutGroup], list[RolloutGroup]]:
         """(groups that join the step, groups left out): under dynamic sampling only groups whose
@@ -295,21 +316,22 @@ class StepPipeline:
         take = useful[:room]
         return take, _without(groups, take)
 
-    def _result(self, chunk: Chunk) -> list[RolloutGroup]:
-        """The chunk's groups (sent again by the fleet if its worker died meanwhile)."""
-        if chunk.call is None:
-            return ray.get(chunk.restored)
-        return self.fleet.result(chunk.call)
+    def _result(self, generated: WorkerCall | list[RolloutGroup]) -> list[RolloutGroup]:
+        """Groups of a one-shot generation call (sent again by the fleet if its worker died meanwhile)."""
+        return generated if isinstance(generated, list) else self.fleet.result(generated)
 
     def _send_weights(self, version: int) -> tuple[list[WorkerCall], list[ray.ObjectRef]]:
         """Queue the export of the learners' weights and their loading into every worker."""
         exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
         return self.fleet.load_weights(exports[0], version), exports[1:]
 
-    def _confirm_weights(self, sent: tuple[list[WorkerCall], list[ray.ObjectRef]]) -> None:
+    def _confirm_weights(self, sent: tuple[list[WorkerCall], list[ray.ObjectRef]]) -> dict[str, float]:
+        """Wait until every worker holds the new weights; what the sync moved and how long loading took."""
         loads, other_ranks = sent
-        self.fleet.results(loads)
+        loaded = self.fleet.results(loads)
         ray.get(other_ranks)
+        return {"weight_sync_bytes": float(max(out["bytes"] for out in loaded)),
+                "weight_load_seconds": max(out["seconds"] for out in loaded)}
 
     def push_initial_weights(self, version: int) -> None:
         self._confirm_weights(self._send_weights(version))
@@ -318,7 +340,11 @@ class StepPipeline:
 
     def state_dict(self) -> dict[str, Any]:
         """Cursor and, off-policy, the groups already generated for later steps (kept exactly)."""
-        pending = {step: [self._result(chunk) for chunk in chunks] for step, chunks in self.pending.items()}
+        for generations in self.pending.values():
+            for gen in generations:
+                if gen.stream is not None:  # it is drained now; the step will take its groups as restored
+                    gen.restored, gen.stream = gen.stream.drain(), None
+        pending = {step: [gen.restored for gen in generations] for step, generations in self.pending.items()}
         state = {"source": self.source.state_dict(), "next_to_submit": self.next_to_submit, "pending": pending,
                  "replay": list(self.replay), "replay_counts": dict(self.replay_counts)}
         if self.extras is not None:
@@ -328,8 +354,9 @@ class StepPipeline:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state["source"])
         self.next_to_submit = state["next_to_submit"]
-        self.pending = {int(step): [Chunk(restored=ray.put(groups)) for groups in chunks]
-                        for step, chunks in state["pending"].items()}
+        self.pending = {int(step): [Generation([(g.prompt_index, g.row) for g in groups], restored=groups)
+                                    for groups in generations]
+                        for step, generations in state["pending"].items()}
         self.replay.extend(state.get("replay", []))
         self.replay_counts = {int(k): v for k, v in state.get("replay_counts", {}).items()}
         if self.extras is not None:
@@ -341,7 +368,7 @@ def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
     tokens = sum(o["tokens"] for o in outputs)
     trained = sum(o["trained_tokens"] for o in outputs)
     summed = ("loss_sum", "entropy_sum", "tokens", "trained_tokens", "skipped_groups", "extra_rows")
-    busiest = ("learner_seconds", "grad_norm", "learning_rate")  # the same on every rank, or the slowest rank
+    busiest = ("learner_seconds", "grad_norm", "learning_rate", "weight_export_seconds")  # equal on all ranks, or the slowest
     first = outputs[0]
     out = {k: sum(o[k] for o in outputs) for k in summed}
     out["loss"] = out["loss_sum"] / first["normalizer"]
@@ -354,3 +381,9 @@ def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
         else:
             out[key] = sum(o[key] * o["trained_tokens"] for o in outputs) / max(trained, 1.0)
     return out
+
+
+def _overlap(micro_batches: list[dict[str, float]], started: float, generated: float) -> float:
+    """Seconds the learners computed while the step was still generating (wall clock, summed over
+    micro-batches): what periodic asynchrony gains over ``sync``."""
+    return sum(max(0.0, min(m["ended"], generated) - max(m["started"], started)) for m in micro_batches)

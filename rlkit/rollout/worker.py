@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -18,13 +20,13 @@ from rlkit.config import RLConfig
 from rlkit.data import Rollout, RolloutGroup
 from rlkit.reward_pool import build_reward_scorer
 from rlkit.reward_runner import RewardFn
+from rlkit.rollout.engines import Engine, Request, SamplingParams, build_engine, generate
 from rlkit.rollout.episodes import EpisodeRunner
-from rlkit.rollout.hf_engine import HFEngine, SamplingParams
 
 
 class RolloutWorker:
     def __init__(self, config: RLConfig, reward_funcs: list[tuple[str, RewardFn | str]], *, threads: int = 1):
-        from rlkit.models import load_model, load_tokenizer
+        from rlkit.models import load_tokenizer
 
         if threads:  # 0 keeps the process's setting
             torch.set_num_threads(threads)
@@ -32,50 +34,72 @@ class RolloutWorker:
         # a new id for every start of this actor: the driver tells a restarted worker by it
         self._incarnation = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tokenizer = load_tokenizer(config.model)
-        model = load_model(config.model, trainable=False)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        self.engine = HFEngine(model, self.tokenizer)
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.engine: Engine = build_engine(config, device)
         # plugin references are resolved where the rewards run (the reward actors, or here)
         self.rewards = None  # multi-turn environments score their own turns
         if reward_funcs:
             self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards)
-        self.policy_version = 0
         rollout = config.rollout
         self.sampling = SamplingParams(max_new_tokens=rollout.max_completion_length,
                                        temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k)
-        self.episodes = _episode_runner(config, self.engine, self.tokenizer, model)
+        self.episodes = _episode_runner(config, self.engine, self.tokenizer)
 
     @property
     def multi_turn(self) -> bool:
         return self.episodes is not None
 
+    @property
+    def policy_version(self) -> int:
+        return self.engine.version
+
     def incarnation(self) -> str:
         """Which start of this actor answers: a restart after a death draws a new one."""
         return self._incarnation
 
-    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> str:
-        """Load the learner's weights; returns the incarnation that now holds them."""
-        self.engine.load_weights(state_dict)
-        self.policy_version = version
-        return self._incarnation
+    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> dict[str, Any]:
+        """Load the learner's weights: the incarnation that now holds them, bytes and seconds."""
+        started = time.perf_counter()
+        self.engine.load_weights(state_dict, version)
+        return {"incarnation": self._incarnation, "seconds": time.perf_counter() - started,
+                "bytes": sum(t.numel() * t.element_size() for t in state_dict.values())}
 
-    def generate_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *,
-                        temperature: float | None = None, group_size: int | None = None) -> list[RolloutGroup]:
-        """Sample ``num_generations`` completions for each ``(prompt_index, row)`` and score them
-        (another temperature or group size when given: AEPO's tempered samples, DPH-RL's split)."""
+    def peak_memory(self) -> dict[str, float | None]:
+        from rlkit.learner.learner import peak_memory
+
+        return peak_memory()
+
+    def stream_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *, temperature: float | None = None,
+                      group_size: int | None = None) -> Iterator[list[RolloutGroup]]:
+        """Sample ``num_generations`` completions for each ``(prompt_index, row)`` and yield the
+        groups, scored, as they end: each item is the groups that ended together. (Another
+        temperature or group size when given: AEPO's tempered samples, DPH-RL's split.) Called
+        through Ray, each item reaches the caller as soon as it is yielded."""
         column = self.config.data.prompt_column
         group_size = group_size or self.config.rollout.num_generations
         sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
-        if self.multi_turn:
-            return self._episode_groups(items, seed, sampling, group_size)
+        if self.multi_turn:  # episodes are played turn by turn over all rows: they end together
+            yield self._episode_groups(items, seed, sampling, group_size)
+            return
         prompt_ids = [self._encode(row[column]) for _, row in items]
-        samples = self.engine.generate(prompt_ids, group_size, sampling, seed=seed)
-        groups = [RolloutGroup(prompt_index=index, prompt=row[column], prompt_ids=ids, row=row,
-                               rollouts=[self._rollout(s) for s in group_samples], policy_version=self.policy_version)
-                  for (index, row), ids, group_samples in zip(items, prompt_ids, samples)]
-        self._score(groups)
-        return groups
+        requests = [Request.of(ids, group_size, key=index) for (index, _), ids in zip(items, prompt_ids)]
+        for ended in self.engine.stream(requests, sampling, seed):
+            groups = []
+            for i, samples in ended:
+                index, row = items[i]
+                groups.append(RolloutGroup(prompt_index=index, prompt=row[column], prompt_ids=prompt_ids[i], row=row,
+                                           rollouts=[self._rollout(s) for s in samples],
+                                           policy_version=self.policy_version))
+            self._score(groups)
+            yield groups
+
+    def generate_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *,
+                        temperature: float | None = None, group_size: int | None = None) -> list[RolloutGroup]:
+        """All of :meth:`stream_groups` at once, in the order of ``items``."""
+        order = {index: position for position, (index, _) in enumerate(items)}
+        groups = [g for ended in self.stream_groups(items, seed, temperature=temperature, group_size=group_size)
+                  for g in ended]
+        return sorted(groups, key=lambda g: order[g.prompt_index])
 
     def _score(self, groups: list[RolloutGroup]) -> None:
         """Reward every completion of ``groups`` in one call (one round trip to the reward actors);
@@ -118,8 +142,8 @@ class RolloutWorker:
                 passed += sum(total >= pass_threshold for total in totals)
                 reward_sum += sum(totals)
                 continue
-            ids = [self._encode(row[column]) for row in chunk]
-            outs = [group[0] for group in self.engine.generate(ids, 1, greedy)]
+            requests = [Request.of(self._encode(row[column]), 1, key=i) for i, row in enumerate(chunk)]
+            outs = [samples[0] for samples in generate(self.engine, requests, greedy, seed=0)]
             texts = [self._decode(s.completion_ids) for s in outs]
             scores = self.rewards.score([r[column] for r in chunk], texts, [s.completion_ids for s in outs], chunk)
             passed += sum(total >= pass_threshold for total in scores.totals)
@@ -154,15 +178,20 @@ class RolloutWorker:
                        truncated=sample.truncated)
 
 
-def _episode_runner(config: RLConfig, engine: HFEngine, tokenizer, model) -> EpisodeRunner | None:
+def _episode_runner(config: RLConfig, engine: Engine, tokenizer) -> EpisodeRunner | None:
     """An episode runner when the run's environment is multi-turn, else None."""
+    from transformers import AutoConfig
+
+    from rlkit.models import resolve_model_path
     from rlkit.plugins import envs
 
     env_class = envs.get(config.env.name)
     if not getattr(env_class, "multi_turn", False):
         return None
     env = env_class(**config.env.args)
-    max_positions = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.name_or_path),
+                                              trust_remote_code=config.model.trust_remote_code)
+    max_positions = getattr(model_config, "max_position_embeddings", None) or 1 << 30
     return EpisodeRunner(engine, tokenizer, env, max_turns=env.max_turns, max_positions=max_positions)
 
 

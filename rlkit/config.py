@@ -141,7 +141,8 @@ class LearnerConfig:
     warmup_steps: int = _help("linear warm-up steps", default=0)
     micro_batch_size: int = _help(
         "sequences per learner forward and backward pass (whole groups: a multiple of "
-        "rollout.num_generations); sets memory, not the algorithm", default=64)
+        "rollout.num_generations; at most a learner rank's share of the step); sets memory, not the "
+        "algorithm", default=64)
     num_learners: int = _help("data-parallel learner actors", default=1)
     zero_stage: int = _help("DeepSpeed ZeRO stage 0-3", default=0)
     backend: str = _help("torch.distributed backend: auto (nccl on GPU, gloo on CPU), gloo or nccl",
@@ -305,6 +306,18 @@ def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
             return
         raise ConfigError(f"{full}{where} is a value, not a section; cannot set {'.'.join(path)}")
     setattr(target, key, _coerce(value, _field_type(type(target), key), full, where))
+
+
+def groups_per_micro_batch(config: RLConfig) -> int:
+    """Whole groups in one learner micro-batch: ``learner.micro_batch_size`` sequences, but never more
+    than a learner rank's share of the step (a small step is then one micro-batch a rank)."""
+    per_rank = max(1, config.rollout.prompts_per_step // config.learner.num_learners)
+    return max(1, min(config.learner.micro_batch_size // config.rollout.num_generations, per_rank))
+
+
+def micro_batches_per_rank(config: RLConfig) -> int:
+    """Micro-batches each learner rank runs (and DeepSpeed accumulates) per optimizer step."""
+    return config.rollout.prompts_per_step // (groups_per_micro_batch(config) * config.learner.num_learners)
 
 
 def _dotted_name(target: Any, key: str) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlkit.config import ConfigError, RLConfig, apply_mapping
+from rlkit.config import ConfigError, RLConfig, apply_mapping, micro_batches_per_rank
 from rlkit.objectives import objective_from_config
 from rlkit.prompts import PromptSource, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
@@ -102,8 +102,7 @@ class RLTrainer:
         run = RunDirectory(config.output_dir or _default_run_dir(config))
         config.output_dir = str(run.path)
         run.check_usable(resume=resume)
-        per_step = config.learner.micro_batch_size // config.rollout.num_generations * config.learner.num_learners
-        actors = place_actors(config, self.reward_funcs, config.rollout.prompts_per_step // per_step)
+        actors = place_actors(config, self.reward_funcs, micro_batches_per_rank(config))
         state: dict[str, Any] = {"step": 0}
         try:
             # written once the actors are up, so a run that cannot start leaves no folder behind

@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlkit.config import ConfigError
+from rlkit.config import ConfigError, groups_per_micro_batch
 
 if TYPE_CHECKING:
     from rlkit.config import RLConfig
@@ -83,7 +83,7 @@ def _check_relations(config: RLConfig) -> None:
         low = max(group, learner.micro_batch_size // group * group)
         raise ConfigError(f"learner.micro_batch_size ({learner.micro_batch_size}) must be a multiple of "
                           f"rollout.num_generations ({group}): a micro-batch holds whole groups; try {low}")
-    per_step = learner.micro_batch_size // group * learner.num_learners
+    per_step = groups_per_micro_batch(config) * learner.num_learners
     if rollout.prompts_per_step % per_step:
         raise ConfigError(
             f"rollout.prompts_per_step ({rollout.prompts_per_step}) must be a multiple of the groups per "

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlkit.config import RLConfig
+from rlkit.config import RLConfig, groups_per_micro_batch
 from rlkit.data import RolloutGroup, TrainBatch
 from rlkit.learner.op_builds import bounded_build_locks, prepare_op_builds
 from rlkit.learner.optim import NormalizedAdamW, learning_rate_at
@@ -91,7 +91,7 @@ class Learner:
             weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
             partitioned=cfg.zero_stage > 0 and self.world_size > 1)
         ds_config: dict[str, Any] = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "train_micro_batch_size_per_gpu": groups_per_micro_batch(self.config) * self.config.rollout.num_generations,
             "gradient_accumulation_steps": steps_per_update,
             "gradient_clipping": 0.0,  # done after normalization, in NormalizedAdamW
             "zero_optimization": {"stage": cfg.zero_stage},

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from rlkit.config import RLConfig
+from rlkit.config import RLConfig, groups_per_micro_batch
 from rlkit.data import RolloutGroup
 from rlkit.prompts import PromptSource
 from rlkit.recovery import RolloutFleet, WorkerCall, WorkerStream
@@ -137,7 +137,7 @@ class StepPipeline:
         self.objective = objective_from_config(config.objective.name, config.objective.params)
         self.extras = self._extra_rows(rehearsal_pool)
         self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
-        self.groups_per_micro_batch = config.learner.micro_batch_size // config.rollout.num_generations
+        self.groups_per_micro_batch = groups_per_micro_batch(config)
         self.next_to_submit = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays

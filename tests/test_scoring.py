@@ -32,22 +32,28 @@ def model_and_batch():
     return model, TrainBatch.from_groups(groups, tokenizer.pad_token_id)
 
 
+LAYOUTS = {"full": {"share_prompts": False}, "shared prompt": {"share_prompts": True, "pack": False},
+           "shared prompt, packed completions": {"share_prompts": True, "pack": True}}
+
+
+@pytest.mark.parametrize("layout", ["shared prompt", "shared prompt, packed completions"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_shared_prompt_scoring_equals_the_full_forward_in_values_and_gradients(model_and_batch, temperature):
+def test_each_layout_equals_the_full_forward_in_values_and_gradients(model_and_batch, temperature, layout):
     model, batch = model_and_batch
     results = {}
-    for share in (False, True):
+    for name in ("full", layout):
         model.zero_grad()
-        logprobs, entropy = policy_logprobs(model, batch, temperature, with_entropy=True, share_prompts=share)
+        logprobs, entropy = policy_logprobs(model, batch, temperature, with_entropy=True, **LAYOUTS[name])
         (logprobs * batch.completion_mask).sum().backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-        results[share] = (logprobs.detach(), entropy, grads)
+        results[name] = (logprobs.detach(), entropy, grads)
     mask = batch.completion_mask.bool()
-    full, shared = results[False], results[True]
-    torch.testing.assert_close(shared[0][mask], full[0][mask], atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(shared[1][mask], full[1][mask], atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(shared[2], full[2], atol=1e-4, rtol=1e-3)  # sums over many tokens
+    full, other = results["full"], results[layout]
+    torch.testing.assert_close(other[0][mask], full[0][mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(other[1][mask], full[1][mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(other[2], full[2], atol=1e-4, rtol=1e-3)  # sums over many tokens
     assert full[2].abs().sum() > 0  # there was a gradient to compare
+    assert (other[0][~mask] == 0).all()  # padding scores nothing
 
 
 def test_log_probs_match_a_direct_computation(model_and_batch):

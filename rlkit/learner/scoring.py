@@ -20,7 +20,7 @@ LOGITS_PER_CHUNK = 1 << 27  # fp32 elements of one chunk's logits: 512 MB; chunk
 
 
 def policy_logprobs(model, batch: TrainBatch, temperature: float, *, with_entropy: bool = False,
-                    share_prompts: bool = True):
+                    share_prompts: bool = True, pack: bool = True):
     """``log pi(token)`` for every completion position ``[B, C]`` (and the entropy when asked), 0
     where ``batch.completion_mask`` is 0.
 
@@ -28,13 +28,22 @@ def policy_logprobs(model, batch: TrainBatch, temperature: float, *, with_entrop
     the rollout engine sampled from. Positions follow the attention mask, matching generation
     with left-padded prompts. With ``share_prompts`` each group's prompt is run once and its
     key/value cache repeated for the group's G completions (gradients flow back through it), as
-    the rollout engine does: the result is the same, for 1/G of the prompt's compute.
+    the rollout engine does: the result is the same, for 1/G of the prompt's compute. With
+    ``pack`` too, a group's G completions then run as one row, one after another with no padding
+    between them, each attending to the prompt and to itself only: the backbone computes the
+    tokens that exist and no others (the completions of one micro-batch differ in length by
+    several times; padded, most of the compute would be padding).
     """
     decoder, head = model_parts(model)
     run = _through_top(model, decoder)  # decoder(**kwargs), run inside the model's own forward
-    hidden = _shared_prompt_hidden(run, batch) if share_prompts else _full_hidden(run, batch)
-    mask = batch.completion_mask.to(hidden.device).bool()
-    flat_logprobs, flat_entropy = head_logprobs(head, hidden[mask], batch.completion_ids.to(hidden.device)[mask],
+    mask = batch.completion_mask.bool()
+    if share_prompts and pack and _packable(model):
+        hidden = _packed_hidden(run, batch, mask)
+    else:
+        hidden = (_shared_prompt_hidden(run, batch) if share_prompts else _full_hidden(run, batch))[mask.to(
+            next(model.parameters()).device)]
+    mask = mask.to(hidden.device)
+    flat_logprobs, flat_entropy = head_logprobs(head, hidden, batch.completion_ids.to(hidden.device)[mask],
                                                 temperature)
     logprobs = hidden.new_zeros(mask.shape, dtype=torch.float32).masked_scatter(mask, flat_logprobs)
     if not with_entropy:
@@ -96,7 +105,64 @@ def _through_top(model, decoder):
             handle.remove()
         return captured["out"]
 
+    run.attention = getattr(decoder.config, "_attn_implementation", None)
+    run.dtype = next(decoder.parameters()).dtype
     return run
+
+
+def _packable(model) -> bool:
+    """Packing passes a 4-D attention mask, which sdpa and eager attention take as given."""
+    module = getattr(model, "module", model)
+    if hasattr(module, "get_base_model"):
+        module = module.get_base_model()
+    return getattr(module.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def _packed_hidden(run, batch: TrainBatch, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states predicting the tokens where ``loss_mask`` is 1, in row-major order ``[N, H]``:
+    each group's prompt computed once, its completions packed into one row after it."""
+    group, rows = batch.group_size, batch.num_sequences
+    groups = rows // group
+    device = batch.prompt_ids.device
+    prompt_ids, prompt_mask = batch.prompt_ids[::group], batch.prompt_mask[::group]
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    prompt_out = run(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+    attended = batch.completion_mask if batch.completion_attention is None else batch.completion_attention
+    lengths = attended.sum(-1)  # a completion's tokens are its first `length` positions
+    per_group = lengths.view(groups, group)
+    starts = (per_group.cumsum(-1) - per_group).view(-1)  # where each completion begins in its group's row
+    width = max(1, int(per_group.sum(-1).max()))
+    row, token = (torch.arange(attended.shape[1], device=device) < lengths.unsqueeze(1)).nonzero(as_tuple=True)
+    owner, column = row // group, starts[row] + token
+    packed = torch.zeros((groups, width), dtype=torch.long, device=device)
+    packed[owner, column] = batch.completion_ids[row, token]
+    packed_positions = torch.zeros_like(packed)
+    packed_positions[owner, column] = prompt_mask.sum(-1)[owner] + token
+    sample = torch.full((groups, width), -1, dtype=torch.long, device=device)
+    sample[owner, column] = row
+    order = torch.zeros_like(packed)
+    order[owner, column] = token
+    # query (g, q) sees the prompt's real tokens, and its own sample's tokens up to itself
+    same = (sample.unsqueeze(2) == sample.unsqueeze(1)) & (order.unsqueeze(2) >= order.unsqueeze(1))
+    same |= torch.eye(width, dtype=torch.bool, device=device)  # padding sees itself: no empty row, no NaN
+    sees_prompt = prompt_mask.bool().unsqueeze(1).expand(groups, width, -1) & (sample >= 0).unsqueeze(2)
+    allowed = torch.cat([sees_prompt, same], dim=2).unsqueeze(1)  # [groups, 1, width, prompt + width]
+    out = run(input_ids=packed, attention_mask=_attention_mask_for(run, allowed), position_ids=packed_positions,
+              use_cache=True, **{CACHE_KWARG: getattr(prompt_out, CACHE_KWARG)}).last_hidden_state
+    # token t of a completion is predicted by its token t-1, token 0 by the prompt's last position
+    sources = torch.cat([prompt_out.last_hidden_state[:, -1], out.reshape(groups * width, -1)])
+    mask_row, mask_token = loss_mask.to(device).nonzero(as_tuple=True)
+    from_packed = groups + (mask_row // group) * width + starts[mask_row] + mask_token - 1
+    index = torch.where(mask_token == 0, mask_row // group, from_packed)
+    return sources[index.to(sources.device)]
+
+
+def _attention_mask_for(run, allowed: torch.Tensor) -> torch.Tensor:
+    """sdpa takes a boolean mask (True: attend); eager adds a float one (0 or the dtype's minimum)."""
+    if run.attention == "sdpa":
+        return allowed
+    minimum = torch.finfo(run.dtype).min
+    return torch.zeros(allowed.shape, dtype=run.dtype, device=allowed.device).masked_fill(~allowed, minimum)
 
 
 def _full_hidden(decoder, batch: TrainBatch) -> torch.Tensor:

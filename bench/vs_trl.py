@@ -53,7 +53,8 @@ def workload(args) -> dict:
     folder = make_shape_model(Path(tempfile.gettempdir()) / f"rlkit-shape-{'small' if args.small else '0.5b'}-{dtype}",
                               "small" if args.small else "0.5b", dtype=dtype)
     rng = random.Random(0)
-    rows = [{"prompt": f"{rng.randint(0, 99)}+{rng.randint(0, 99)}="} for _ in range(4096)]
+    pairs = [(rng.randint(0, 99), rng.randint(0, 99)) for _ in range(4096)]
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs]
     return {"model": str(folder), "completion": 32 if args.small else 256, "steps": args.steps or (4 if args.small else 6),
             "lr": 1e-6, "rows": rows, "reward": hash_reward, "dtype": dtype}
 

@@ -124,12 +124,14 @@ def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) ->
     # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
     # as often as needed, and the fleet stops a run whose calls keep killing them.
     learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(Learner)
-    learners = [learner_cls.remote(config, rank=r, world_size=world, steps_per_update=steps_per_update)
+    learners = [learner_cls.remote(config, rank=r, world_size=world, steps_per_update=steps_per_update,
+                                   threads=config.cluster.learner_threads or -1)
                 for r in range(world)]
     worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)
-    workers = [worker_cls.remote(config, reward_funcs) for _ in range(config.rollout.num_workers)]
+    threads = config.cluster.worker_threads
+    workers = [worker_cls.remote(config, reward_funcs, threads=threads) for _ in range(config.rollout.num_workers)]
     actors = Actors(learners=learners, workers=workers, started_ray=started,
-                    spawn_worker=lambda _index: worker_cls.remote(config, reward_funcs))
+                    spawn_worker=lambda _index: worker_cls.remote(config, reward_funcs, threads=threads))
     try:
         timeout = config.cluster.start_timeout_s
         # ranks meet on the machine Ray gave rank 0, which on a cluster need not be the driver's

@@ -172,6 +172,10 @@ class ClusterConfig:
         "Ray cluster address (e.g. ray://head:10001 or auto); none starts Ray in-process", default=None)
     num_cpus: int | None = _help("CPUs for the in-process Ray cluster (default: all)", default=None)
     use_gpu: str = _help("auto, true or false: place learners and rollout workers on GPUs", default="auto")
+    learner_threads: int = _help(
+        "torch threads of each learner actor; 0 = the machine's cores shared among the learners (the "
+        "learner is the busier side of a CPU run, and generation and training mostly take turns)", default=0)
+    worker_threads: int = _help("torch threads of each rollout worker actor", default=1)
     start_timeout_s: float = _help(
         "seconds the actors may take to start (model load, process group, op builds) before the run "
         "stops and names what it waited for", default=1800.0)

@@ -34,7 +34,7 @@ MINIMUMS: dict[str, float] = {
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
     "learner.micro_batch_size": 1, "rollout.generation_batch_size": 1, "rollout.max_batch_tokens": 0, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
-    "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0,
+    "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0, "cluster.learner_threads": 0, "cluster.worker_threads": 1,
 }
 POSITIVE = ("cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s")
 

@@ -66,3 +66,23 @@ def test_log_probs_match_a_direct_computation(model_and_batch):
         logits = model(input_ids=torch.tensor([prompt + completion])).logits[0]
     expected = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1).gather(-1, torch.tensor(completion)[:, None])
     torch.testing.assert_close(logprobs[3, :4].detach(), expected.squeeze(-1), atol=2e-5, rtol=1e-5)
+
+
+def test_chunked_and_recomputed_head_gives_the_same_values_and_gradients(model_and_batch, monkeypatch):
+    """Chunks of 5 tokens, each checkpointed (as for a micro-batch whose log-probs exceed the budget)."""
+    import rlkit.learner.scoring as scoring
+
+    model, batch = model_and_batch
+    results = {}
+    for name in ("kept", "recomputed"):
+        if name == "recomputed":
+            monkeypatch.setattr(scoring, "LOGITS_KEPT", 0)
+            monkeypatch.setattr(scoring, "LOGITS_PER_CHUNK", 5 * model.config.vocab_size)
+        model.zero_grad()
+        logprobs, entropy = policy_logprobs(model, batch, 1.0, with_entropy=True)
+        (logprobs * batch.completion_mask).sum().backward()
+        results[name] = (logprobs.detach(), entropy, torch.cat([p.grad.flatten() for p in model.parameters()]))
+    kept, recomputed = results["kept"], results["recomputed"]
+    torch.testing.assert_close(recomputed[0], kept[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recomputed[1], kept[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recomputed[2], kept[2], atol=1e-4, rtol=1e-3)  # sums in another order

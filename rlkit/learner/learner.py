@@ -28,6 +28,8 @@ class Learner:
     ``Learner(...)``, then rank 0's :meth:`rendezvous_address`, then :meth:`connect` on every rank."""
 
     def __init__(self, config: RLConfig, *, rank: int, world_size: int, steps_per_update: int, threads: int = 1):
+        if threads < 0:  # the machine's cores, shared among the ranks
+            threads = max(1, (os.cpu_count() or 1) // world_size)
         if threads:  # 0 keeps the process's setting
             torch.set_num_threads(threads)
         torch.manual_seed(config.seed)

@@ -3,9 +3,10 @@
 The model's backbone gives the hidden state that predicts each completion token; the output head
 then runs on the completion's tokens only (never on padding or prompt positions), a chunk of
 tokens at a time, and each chunk's logits are dropped once its log-probs and entropies are out.
-With gradients on, each chunk is checkpointed, so the backward pass recomputes its logits instead
-of keeping them. The full ``[B, T, V]`` logits never exist: with a 150k vocabulary and 16k tokens
-in a micro-batch they would be 9.7 GB in fp32, and as much again for their gradient.
+With gradients on, and a micro-batch whose log-probs would take more than 1 GB, each chunk is
+checkpointed, so the backward pass recomputes its logits instead of keeping them. The full
+``[B, T, V]`` logits never exist: with a 150k vocabulary and 16k tokens in a micro-batch they would
+be 9.7 GB in fp32, and as much again for their gradient.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rlkit.data import TrainBatch
 from rlkit.models import CACHE_KWARG
 
 LOGITS_PER_CHUNK = 1 << 27  # fp32 elements of one chunk's logits: 512 MB; chunk tokens = this / vocabulary
+LOGITS_KEPT = 1 << 28  # up to 1 GB of a micro-batch's log-probs are kept for the backward pass, not recomputed
 
 
 def policy_logprobs(model, batch: TrainBatch, temperature: float, *, with_entropy: bool = False,
@@ -57,10 +59,11 @@ def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor,
     """``(log-prob of each target, entropy)`` over ``[N, H]`` hidden states, a chunk of rows at a time."""
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]  # ZeRO-3 leaves weight's shape empty
     step = max(1, LOGITS_PER_CHUNK // vocab)
+    recompute = hidden.shape[0] * vocab > LOGITS_KEPT  # small enough: keep, and spare the backward a head pass
     outs = []
     for start in range(0, hidden.shape[0], step):
         part = (hidden[start:start + step], targets[start:start + step])
-        if torch.is_grad_enabled() and hidden.requires_grad:
+        if recompute and torch.is_grad_enabled() and hidden.requires_grad:
             outs.append(checkpoint(_chunk, head, *part, temperature, use_reentrant=False))
         else:
             outs.append(_chunk(head, *part, temperature))

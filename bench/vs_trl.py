@@ -59,8 +59,9 @@ def workload(args) -> dict:
             "lr": 1e-6, "rows": rows, "reward": hash_reward, "dtype": dtype}
 
 
-def run_rlkit(work: dict, schedule: str, out: Path) -> dict:
+def run_rlkit(work: dict, schedule: str, out: Path, overrides: dict[str, str] | None = None) -> dict:
     from rlkit import RLConfig, RLTrainer
+    from rlkit.config import apply_overrides
     from rlkit.runs import read_metrics
 
     config = RLConfig(
@@ -68,6 +69,7 @@ def run_rlkit(work: dict, schedule: str, out: Path) -> dict:
         tensorboard=False, learning_rate=work["lr"], beta=0.0, prompts_per_step=32, num_generations=8,
         max_completion_length=work["completion"], temperature=1.0, schedule=schedule, eval_limit=8)
     config.model.name_or_path, config.model.dtype = work["model"], work["dtype"]
+    apply_overrides(config, overrides or {})
     rows = work["rows"]
     summary = RLTrainer(reward_funcs=[work["reward"]], args=config, train_dataset=rows, eval_dataset=rows[:8]).train()
     metrics = read_metrics(out / schedule / "metrics.jsonl")
@@ -127,16 +129,19 @@ def main() -> None:
     parser.add_argument("--shape", choices=("tiny", "0.5b"), default="tiny")
     parser.add_argument("--small", action="store_true", help="0.5b only: the 4M-parameter model of that kind")
     parser.add_argument("--steps", type=int, default=0, help="steps of each run (default: 20 tiny, 4 small, 6 0.5b)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="rlkit config override")
+    parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
     work = workload(args)
-    label = args.shape + ("-small" if args.small else "")
+    overrides = dict(item.split("=", 1) for item in args.set)
+    label = args.shape + ("-small" if args.small else "") + (f"-{args.label}" if args.label else "")
     with tempfile.TemporaryDirectory() as tmp:
         results = {"trl": run_trl(work, Path(tmp)),
-                   "rlkit_sync": run_rlkit(work, "sync", Path(tmp)),
-                   "rlkit_periodic_async": run_rlkit(work, "periodic_async", Path(tmp))}
+                   "rlkit_sync": run_rlkit(work, "sync", Path(tmp), overrides),
+                   "rlkit_periodic_async": run_rlkit(work, "periodic_async", Path(tmp), overrides)}
     trl, sync, periodic = results["trl"], results["rlkit_sync"], results["rlkit_periodic_async"]
     report = {
-        "shape": label, "steps": work["steps"], "completion_tokens": work["completion"], "prompts": 32,
+        "shape": label, "steps": work["steps"], "rlkit_overrides": overrides, "completion_tokens": work["completion"], "prompts": 32,
         "group_size": 8, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine(),
         "results": results,
         "periodic_async_vs_trl_tokens_per_second": periodic["tokens_per_second"] / trl["tokens_per_second"],

@@ -33,6 +33,8 @@ def test_list_shows_builtins_and_where_they_come_from():
     assert objectives.exit_code == 0 and "grpo" in objectives.output and "built-in" in objectives.output
     assert "exact_match" in invoke("list", "rewards").output
     assert "arith" in invoke("list", "envs").output
+    engines = invoke("list", "engines").output
+    assert "hf" in engines and "built-in" in engines
     assert "grpo-arith" in invoke("list", "recipes").output
     assert "rollout.num_generations" in invoke("list", "keys").output
     bad = invoke("list", "objectivs")

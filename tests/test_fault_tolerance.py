@@ -43,6 +43,7 @@ def small_config(out: Path, **extra) -> RLConfig:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # six short runs on a deliberately busy machine
 def test_a_worker_killed_mid_run_on_a_busy_machine_is_waited_for_five_times_out_of_five(tmp_path, busy_machine):
     from rlkit.envs.arith import ArithEnv
 

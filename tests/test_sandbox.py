@@ -101,7 +101,8 @@ def test_a_syntax_error_is_reported():
 
 
 def test_an_infinite_loop_times_out():
-    result = run("while True: pass", limits=SandboxLimits(timeout_s=2.0))
+    # the CPU limit set well past the wall clock: which of the two stops the loop must not be a race
+    result = run("while True: pass", limits=SandboxLimits(timeout_s=2.0, cpu_s=60))
     assert_stopped(result, "timeout after 2s")
 
 
@@ -232,7 +233,7 @@ def test_limits_are_validated():
 
 def test_without_namespaces_the_other_layers_still_hold(tmp_path, listener):
     """The fallback where ``unshare`` is unavailable (many containers): rlimits, audit hook, parent."""
-    limits = SandboxLimits(timeout_s=3.0, use_namespaces=False, max_output_bytes=10_000)
+    limits = SandboxLimits(timeout_s=3.0, cpu_s=60, use_namespaces=False, max_output_bytes=10_000)
     target = tmp_path / "escaped.txt"
     cases = {"while True: pass": "timeout after 3s", "import os\nwhile True: os.fork()": "blocked: process creation",
              "x = bytearray(10 * 1024**3)": "memory limit", f"open({str(target)!r}, 'w')": "blocked: write outside",

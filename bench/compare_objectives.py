@@ -23,7 +23,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from rlkit.config import load_config
+from rlkit.validation import load_config
 from rlkit.runs import read_metrics
 from rlkit.trainer import RLTrainer
 

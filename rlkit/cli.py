@@ -54,7 +54,8 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its "
                                           "latest checkpoint; overrides still apply."),
 ) -> None:
-    from rlkit.config import load_config, parse_override_args
+    from rlkit.config import parse_override_args
+    from rlkit.validation import load_config
     from rlkit.trainer import RLTrainer
 
     try:
@@ -85,7 +86,8 @@ def evaluate(
     pass_at: int = typer.Option(0, "--pass-at", min=0, help="Also sample 2K completions per row at the "
                                 "config's temperature and report pass@1 and pass@K (unbiased estimator)."),
 ) -> None:
-    from rlkit.config import load_config, parse_override_args
+    from rlkit.config import parse_override_args
+    from rlkit.validation import load_config
     from rlkit.trainer import RLTrainer
 
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import ray
 
 from rlkit.config import ConfigError, RLConfig
-from rlkit.recovery import RecoverySettings, RolloutFleet
+from rlkit.driver.recovery import RecoverySettings, RolloutFleet
 
 
 class StartTimeout(RuntimeError):
@@ -72,6 +72,12 @@ def start_ray(config: RLConfig) -> bool:
         ray.init(address=config.cluster.address, runtime_env=env, logging_level="ERROR")
         return True
     _keep_on_loopback()
+    # Ray starts its workers at niceness 15, meant for background tasks. rlkit's actors are the job
+    # itself: niced, any ordinary process on the machine (a build, another user's job) takes their
+    # cores and a restarting actor may not come back within its bound. Unless the user's environment
+    # says otherwise, they run at the driver's priority. (A cluster joined by address keeps what its
+    # `ray start` was given: RAY_worker_niceness=0 ray start ...)
+    os.environ.setdefault("RAY_worker_niceness", "0")
     actors = config.learner.num_learners + config.rollout.num_workers
     # Actors each take one CPU; on a small machine tell Ray there are enough so they all start
     # (they then share the cores, which is what we want for a laptop-sized run).

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rlkit.typecheck import BadValue, check_value, float_from_text  # noqa: F401 (float_from_text: public here too)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -352,68 +352,10 @@ def _is_dict_type(tp: Any) -> bool:
 
 def _coerce(value: Any, tp: Any, full: str, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert only where it loses nothing."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(value, option, full, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    expected = getattr(tp, "__name__", str(tp))
-    bad = ConfigError(f"{full}{where}: expected {expected}, got {value!r} ({type(value).__name__})")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        (item_type,) = typing.get_args(tp)
-        return [_coerce(v, item_type, f"{full}[{i}]", where) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise bad
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        number = float_from_text(value)
-        if number is not None:
-            return number
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool):  # YAML reads a bare true/false as a bool: keys like use_gpu take words
-            return "true" if value else "false"
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    return value
-
-
-_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def float_from_text(value: Any) -> float | None:
-    """``"3e-4"`` -> 3e-4. YAML 1.1 (PyYAML) reads exponents without a dot as strings; a float
-    field takes them, but nothing else that merely looks numeric ("nan", "1,5")."""
-    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        return float(value)
-    return None
+    try:
+        return check_value(value, tp, f"{full}{where}")
+    except BadValue as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _parse_cli_value(raw: str) -> Any:
@@ -472,23 +414,7 @@ def recipe_path(name: str) -> Path:
     return path
 
 
-def load_config(config_file: str | Path | None = None, overrides: dict[str, str] | None = None,
-                recipe: str | None = None) -> RLConfig:
-    """Defaults < recipe < YAML file < overrides, then :func:`validate`."""
-    config = RLConfig()
-    if recipe:
-        path = recipe_path(recipe)
-        apply_mapping(config, _normalize_objective(read_yaml(path)), f"recipe {recipe}")
-    if config_file:
-        apply_mapping(config, _normalize_objective(read_yaml(config_file)), str(config_file))
-    apply_overrides(config, overrides or {})
-    from rlkit.validation import validate  # late: validation imports plugins, models, data
-
-    validate(config)
-    return config
-
-
-def _normalize_objective(data: dict[str, Any]) -> dict[str, Any]:
+def normalize_objective(data: dict[str, Any]) -> dict[str, Any]:
     """YAML writes an objective's fields beside its name; the tree keeps them under params."""
     objective = data.get("objective")
     if isinstance(objective, str):

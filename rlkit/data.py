@@ -28,6 +28,9 @@ class Rollout:
     loss_mask: list[int] | None = None  # 1 on the model's tokens, 0 on the environment's
     token_turns: list[int] | None = None  # the turn each token belongs to (0-based)
     turn_rewards: list[float] | None = None  # the environment's reward for each turn the model took
+    # log-probs an objective stored with one of its extra rows (rlkit/objectives/hooks.py), e.g.
+    # the initial policy's; None on the step's own rollouts
+    stored_logprobs: list[float] | None = None
 
     @property
     def num_generated_tokens(self) -> int:
@@ -61,6 +64,12 @@ class RolloutGroup:
     def multi_turn(self) -> bool:
         return any(r.turn_rewards is not None for r in self.rollouts)
 
+    def one_row_groups(self, indices: list[int], source: str) -> list[RolloutGroup]:
+        """The rollouts at ``indices``, each as a group of its own (how extra rows travel)."""
+        return [RolloutGroup(prompt_index=self.prompt_index, prompt=self.prompt, prompt_ids=self.prompt_ids,
+                             row=self.row, rollouts=[self.rollouts[i]], policy_version=self.policy_version,
+                             source=source) for i in indices]
+
 
 @dataclass
 class TrainBatch:
@@ -82,6 +91,7 @@ class TrainBatch:
     token_turns: torch.Tensor | None = None  # [B, C] turn index of each token, 0 on padding
     turn_rewards: torch.Tensor | None = None  # [num_groups, G, T] reward of each turn, 0 where not reached
     turn_reached: torch.Tensor | None = None  # [num_groups, G, T] bool: the episode took that turn
+    stored_logprobs: torch.Tensor | None = None  # [B, C] Rollout.stored_logprobs, when every row has them
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -130,6 +140,10 @@ class TrainBatch:
         )
         if any(g.multi_turn for g in groups):
             _add_turns(batch, groups, [r for _, r in rows])
+        if rows and all(r.stored_logprobs is not None for _, r in rows):
+            batch.stored_logprobs = torch.zeros((len(rows), width_c), dtype=torch.float32)
+            for i, (_, rollout) in enumerate(rows):
+                batch.stored_logprobs[i, :len(rollout.stored_logprobs)] = torch.tensor(rollout.stored_logprobs)
         return batch
 
 

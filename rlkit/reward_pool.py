@@ -14,7 +14,7 @@ whose process died (a reward that called ``os._exit``, a segfault) is replaced t
 way the other rewards of the batch still count. Counting and weighting are those of
 :mod:`rlkit.reward_runner`, shared with the in-process path.
 
-Ray's two kinds of actor trouble are told apart (see :mod:`rlkit.recovery` for rollout workers):
+Ray's two kinds of actor trouble are told apart (see :mod:`rlkit.driver.recovery` for rollout workers):
 an actor that is only out of reach (``ActorUnavailableError``; reward actors are never restarted by
 Ray, so this is a network hiccup) is waited for, with backoff, and the call is sent to it again
 within the call's own deadline; each such retry is kept in ``RewardOutcome.retries`` for

@@ -96,7 +96,8 @@ class RLTrainer:
         from ray.exceptions import RayActorError
 
         from rlkit.cluster import place_actors
-        from rlkit.rollout.schedule import StepPipeline
+        from rlkit.driver.pipeline import StepPipeline
+        from rlkit.driver.run_access import PipelineRunAccess
 
         config = self.config
         run = RunDirectory(config.output_dir or _default_run_dir(config))
@@ -107,15 +108,13 @@ class RLTrainer:
         try:
             # written once the actors are up, so a run that cannot start leaves no folder behind
             run.create(config.to_dict(), resume=resume)
-            rows, pool = self.train_rows, None
+            # the driver's one copy of the objective: its hooks are made here, once
             objective = objective_from_config(config.objective.name, config.objective.params)
-            if objective.extra_rows == "rehearsal":  # DPH-RL: split by the initial model, before any step
-                from rlkit.rehearsal import prepare_rehearsal
-
-                rehearsal = prepare_rehearsal(run.path, rows, objective, actors, config)
-                rows, pool = rehearsal.exploration_rows, rehearsal.pool
+            extras = objective.extra_rows(PipelineRunAccess(config, run.path, actors.fleet, actors.learners))
+            rows = extras.prepare(self.train_rows) if extras is not None else self.train_rows
             source = PromptSource(rows, seed=config.seed, shuffle=config.data.shuffle)
-            pipeline = StepPipeline(config, actors.fleet, actors.learners, source, rehearsal_pool=pool)
+            pipeline = StepPipeline(config, actors.fleet, actors.learners, source, extras=extras,
+                                    driver_state=objective.driver_state())
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:

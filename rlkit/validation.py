@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from rlkit.config import ConfigError, groups_per_micro_batch
-
-if TYPE_CHECKING:
-    from rlkit.config import RLConfig
+from rlkit.config import (ConfigError, RLConfig, apply_mapping, apply_overrides, groups_per_micro_batch,
+                          normalize_objective, read_yaml, recipe_path)
 
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -37,6 +34,19 @@ MINIMUMS: dict[str, float] = {
     "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0, "cluster.learner_threads": 0, "cluster.worker_threads": 1,
 }
 POSITIVE = ("cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s")
+
+
+def load_config(config_file: str | Path | None = None, overrides: dict[str, str] | None = None,
+                recipe: str | None = None) -> RLConfig:
+    """Defaults < recipe < YAML file < overrides, then :func:`validate`."""
+    config = RLConfig()
+    if recipe:
+        apply_mapping(config, normalize_objective(read_yaml(recipe_path(recipe))), f"recipe {recipe}")
+    if config_file:
+        apply_mapping(config, normalize_objective(read_yaml(config_file)), str(config_file))
+    apply_overrides(config, overrides or {})
+    validate(config)
+    return config
 
 
 def validate(config: RLConfig) -> None:
@@ -99,21 +109,22 @@ def _check_relations(config: RLConfig) -> None:
 
 def _check_plugins(config: RLConfig) -> None:
     from rlkit import plugins
-    from rlkit.objectives import objective_from_config
+    from rlkit.objectives.base import check_objective_params, makes_extra_rows
 
     for name in config.rewards.funcs:
         _lookup(plugins.rewards, name, "rewards.funcs")
     env_class = _lookup(plugins.envs, config.env.name, "env.name")
     _lookup(plugins.engines, config.rollout.engine, "rollout.engine")
     _check_kwargs(env_class, config.env.args, "env.args")
+    objective_class = _lookup(plugins.objectives, config.objective.name, "objective.name")
     try:
-        objective = objective_from_config(config.objective.name, config.objective.params)
+        check_objective_params(config.objective.name, config.objective.params)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"objective: {exc}") from exc
-    if getattr(env_class, "multi_turn", False) and objective.extra_rows is not None:
-        raise ConfigError(f"objective {config.objective.name!r} trains on extra single-turn samples "
-                          f"({objective.extra_rows}), which multi-turn environment {config.env.name!r} cannot "
-                          "make; use a GRPO-family objective or trloo")
+    if getattr(env_class, "multi_turn", False) and makes_extra_rows(objective_class):
+        raise ConfigError(f"objective {config.objective.name!r} trains on extra single-turn samples, which "
+                          f"multi-turn environment {config.env.name!r} cannot make; use a GRPO-family objective "
+                          "or trloo")
     _check_reward_args(config)
 
 

@@ -336,14 +336,18 @@ def test_registered_and_never_skips_zero_advantage_groups():
     assert objective_from_config("aepo", {"beta": 0.04}).needs_reference()
 
 
-def test_objective_state_and_metrics():
+def test_the_controller_is_driver_state_observed_and_restored():
     aepo = AEPO(AEPOConfig())
-    assert aepo.log_metrics() == {"aepo_temperature": 1.2, "aepo_below_target": 1.0}
-    aepo.observe_entropy(0.7)
-    restored = AEPO(AEPOConfig())
-    restored.load_state_dict(aepo.state_dict())
-    assert restored.log_metrics() == aepo.log_metrics() == {
+    # the learner-side copy has no state of its own: the controller lives on the driver
+    assert aepo.state_dict() == {} and aepo.log_metrics() == {}
+    driver = aepo.driver_state()
+    assert driver.observe({"entropy": 0.7, "loss": 0.1}) == {
         "aepo_temperature": 0.8, "aepo_below_target": 0.0, "aepo_measured_entropy": 0.7}
+    assert aepo.regularizer_temperature(rollout_temperature=1.0) == 0.8  # the hooks share the controller
+    restored = AEPO(AEPOConfig())
+    restored.driver_state().load_state_dict(driver.state_dict())
+    assert restored.controller.state_dict() == aepo.controller.state_dict()
+    assert restored.regularizer_temperature(rollout_temperature=1.0) == 0.8
 
 
 def test_config_fields_have_help_and_paper_defaults():

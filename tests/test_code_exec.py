@@ -255,7 +255,7 @@ def test_a_file_with_list_valued_tests_passes_the_row_check(tmp_path):
 
 @pytest.mark.slow
 def test_rlkit_train_runs_the_code_environment_end_to_end(tmp_path):
-    from rlkit.config import load_config
+    from rlkit.validation import load_config
     from rlkit.runs import read_metrics
     from rlkit.trainer import RLTrainer
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlkit.config import (ConfigError, RLConfig, apply_overrides, describe_fields, load_config,
-                          parse_override_args, recipe_names)
+from rlkit.config import ConfigError, RLConfig, apply_overrides, describe_fields, parse_override_args, recipe_names
+from rlkit.validation import load_config
 
 
 def write(tmp_path, text: str):

@@ -184,8 +184,8 @@ def mixed_batch() -> PolicyBatch:
         old_logprobs=t([[-1.1, -0.5, -1.5], [NAN, NAN, NAN], [-0.6, -1.2, -0.1], [NAN, NAN, NAN]]),
         mask=t([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 1, 1]]),
         advantages=t([1.0, NAN, -2.0, NAN]),
-        behavior_logprobs=t([[NAN, NAN, NAN], [-1.0, -1.0, NAN], [NAN, NAN, NAN], [-1.5, -0.1, -1.0]]),
-        rehearsal=torch.tensor([False, True, False, True]))
+        stored_logprobs=t([[NAN, NAN, NAN], [-1.0, -1.0, NAN], [NAN, NAN, NAN], [-1.5, -0.1, -1.0]]),
+        extra=torch.tensor([False, True, False, True]))
 
 
 def pg_token(logp, old, advantage, eps_low=0.2, eps_high=0.28):
@@ -202,8 +202,8 @@ def reference_token_losses(batch: PolicyBatch, weight: float, g) -> list[list[fl
             if not batch.mask[i, j]:
                 continue
             logp = batch.logprobs[i, j].item()
-            if batch.rehearsal[i]:
-                row.append(weight * g(math.exp(logp - batch.behavior_logprobs[i, j].item())))
+            if batch.extra[i]:
+                row.append(weight * g(math.exp(logp - batch.stored_logprobs[i, j].item())))
             else:
                 row.append(pg_token(logp, batch.old_logprobs[i, j].item(), batch.advantages[i].item()))
         rows.append(row)
@@ -238,7 +238,7 @@ def test_rehearsal_rows_get_only_the_divergence_and_exploration_rows_only_the_po
     assert torch.isfinite(grad).all()
     # rehearsal rows: η·(u − 1)/10 on their loss tokens, nothing on padding; no advantage involved
     for row in (1, 3):
-        u = torch.exp(batch.logprobs[row].detach() - batch.behavior_logprobs[row])
+        u = torch.exp(batch.logprobs[row].detach() - batch.stored_logprobs[row])
         expected = torch.where(batch.mask[row].bool(), 0.1 * (u - 1) / 10, torch.zeros_like(u))
         assert torch.allclose(grad[row], expected, atol=1e-12)
     # exploration rows: exactly GRPO's (β = 0) gradient for those rows with the same normalizer
@@ -258,7 +258,7 @@ def test_without_rehearsal_rows_it_is_grpo_without_kl():
         dph = DPH(DPHConfig(loss_type=loss_type))
         expected = grpo_loss(plain, GRPOConfig(epsilon_high=0.28, loss_type=loss_type)).item()
         assert dph.loss_sum(plain)[0].item() / dph.normalizer(batch_stats(plain)) == pytest.approx(expected)
-        no_rows = PolicyBatch(**{**plain.__dict__, "rehearsal": torch.zeros(2, dtype=torch.bool)})
+        no_rows = PolicyBatch(**{**plain.__dict__, "extra": torch.zeros(2, dtype=torch.bool)})
         assert dph.loss_sum(no_rows)[0].item() == pytest.approx(dph.loss_sum(plain)[0].item())
 
 
@@ -271,10 +271,10 @@ def test_zero_weight_leaves_rehearsal_rows_without_gradient():
 
 def test_rehearsal_rows_need_initial_logprobs_and_a_row_mask():
     batch = mixed_batch()
-    with pytest.raises(ValueError, match="behavior_logprobs"):
-        DPH(DPHConfig()).loss_sum(PolicyBatch(**{**batch.__dict__, "behavior_logprobs": None}))
-    with pytest.raises(ValueError, match=r"rehearsal must be a \[B\] = \[4\]"):
-        DPH(DPHConfig()).loss_sum(PolicyBatch(**{**batch.__dict__, "rehearsal": torch.ones(4, 3, dtype=torch.bool)}))
+    with pytest.raises(ValueError, match="stored_logprobs"):
+        DPH(DPHConfig()).loss_sum(PolicyBatch(**{**batch.__dict__, "stored_logprobs": None}))
+    with pytest.raises(ValueError, match=r"extra must be a \[B\] = \[4\]"):
+        DPH(DPHConfig()).loss_sum(PolicyBatch(**{**batch.__dict__, "extra": torch.ones(4, 3, dtype=torch.bool)}))
 
 
 def test_metrics_are_token_weighted_and_split_by_kind():

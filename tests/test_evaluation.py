@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlkit.config import load_config
+from rlkit.validation import load_config
 from rlkit.trainer import RLTrainer
 
 

@@ -26,7 +26,7 @@ from rlkit.trainer import RLTrainer
 def busy_machine():
     """CPU-burning processes on half the cores (one on a 2-core machine, where the suite once failed
     this way), for the length of the test; stopped by their own process ids. They run at normal
-    priority, so they take their cores from Ray's actors, which Ray starts at a lower one."""
+    priority, as rlkit's actors do (Ray's default would start those at niceness 15)."""
     count = max(1, (os.cpu_count() or 2) // 2)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
@@ -90,7 +90,7 @@ def _train_killed_at(tmp_path: Path, env, kill_at: int) -> tuple[list[dict], int
 @contextlib.contextmanager
 def ray_session():
     from rlkit.cluster import start_ray
-    from rlkit.config import load_config
+    from rlkit.validation import load_config
 
     started = start_ray(load_config(None, {}))
     try:
@@ -206,7 +206,7 @@ class Sleeper:
 
 def test_actors_that_do_not_finish_starting_are_named_after_the_bound():
     from rlkit.cluster import StartTimeout, start_ray, wait_for_start
-    from rlkit.config import load_config
+    from rlkit.validation import load_config
 
     started = start_ray(load_config(None, {}))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlkit.config import load_config
+from rlkit.validation import load_config
 from rlkit.objectives import PolicyBatch, StepStats, objective_from_config
-from rlkit.rollout.schedule import dynamic_sampling_enabled
+from rlkit.driver.pipeline import dynamic_sampling_enabled
 
 
 def batch_of(advantages: list[float], lengths: list[int], logp: float = -0.5, old: float = -0.5) -> PolicyBatch:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlkit.config import load_config
+from rlkit.validation import load_config
 from rlkit.learner.learner import Learner
 from rlkit.rollout.worker import RolloutWorker
 from rlkit.trainer import RLTrainer

@@ -166,7 +166,7 @@ def test_multi_turn_env_is_registered_and_refuses_reward_functions(tmp_path):
 
 @pytest.mark.slow
 def test_trloo_raises_the_success_rate_of_a_multi_turn_environment(tmp_path):
-    from rlkit.config import load_config
+    from rlkit.validation import load_config
     from rlkit.runs import read_metrics
     from rlkit.trainer import RLTrainer
 

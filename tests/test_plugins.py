@@ -154,7 +154,8 @@ def test_loose_file_multi_turn_environment_from_the_docs_trains(tmp_path):
     ({"env.name": "arith_retry", "objective.name": "aepo"}, "multi-turn"),
 ])
 def test_bad_reward_args_and_unsupported_combinations_are_refused(overrides, message):
-    from rlkit.config import ConfigError, load_config
+    from rlkit.config import ConfigError
+    from rlkit.validation import load_config
     from rlkit.validation import validate
 
     with pytest.raises(ConfigError, match=message):

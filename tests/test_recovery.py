@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import ray
 
-from rlkit.recovery import RecoverySettings, RolloutFleet, WorkerLost
+from rlkit.driver.recovery import RecoverySettings, RolloutFleet, WorkerLost
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
     from rlkit.cluster import start_ray
-    from rlkit.config import load_config
+    from rlkit.validation import load_config
 
     started = start_ray(load_config(None, {}))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -162,3 +162,16 @@ def test_weights_lost_with_their_learner_are_not_blamed_on_the_worker(tmp_path):
         fleet.results(loads)
     assert raised.value.actor_id == learner._actor_id.hex()
     assert fleet.take_retries() == []  # the worker was never waited for, reloaded or charged
+
+
+def test_actors_run_at_the_drivers_priority_not_rays_background_one():
+    """Ray's default niceness (15) lets any ordinary process on the machine starve the actors; a
+    restart then outlasts its bound. rlkit's in-process cluster starts them at the driver's."""
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    if os.environ.get("RAY_worker_niceness", "0") != "0":
+        pytest.skip("the environment sets RAY_worker_niceness itself")
+    assert ray.get(niceness.remote()) == os.nice(0)

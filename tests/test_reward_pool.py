@@ -13,7 +13,8 @@ import time
 import pytest
 import ray
 
-from rlkit.config import RewardsConfig, load_config
+from rlkit.config import RewardsConfig
+from rlkit.validation import load_config
 from rlkit.reward_pool import RewardPool, build_reward_scorer
 from rlkit.reward_runner import RewardRunner, resolve_reward_funcs
 

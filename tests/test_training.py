@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlkit.config import load_config
+from rlkit.validation import load_config
 from rlkit.runs import read_metrics
 from rlkit.trainer import RLTrainer
 

@@ -171,9 +171,10 @@ def test_refuses_what_it_cannot_honour(tmp_path):
     assert trainer.ref_model is None and trainer.beta == 0.0  # objective grpo has beta 0: no reference
 
     class WithRehearsal(GRPO):
-        extra_rows = "rehearsal"
+        def extra_rows(self, run):
+            return None
 
-    with pytest.warns(UserWarning, match="'rehearsal' rows"):
+    with pytest.warns(UserWarning, match="also trains on extra rows"):
         make_trainer(RLKitGRPOTrainer, tmp_path, objective=WithRehearsal(ObjectiveConfig()))
 
 

@@ -63,6 +63,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
 from rlkit.objectives import Objective, PolicyBatch, StepStats, objective_from_config
+from rlkit.objectives.base import makes_extra_rows
 
 STATE_FILE = "rlkit_objective_state.pt"
 
@@ -275,10 +276,9 @@ def _prepared_args(args: GRPOConfig, objective: Objective, advantages: str) -> G
         warnings.warn("TRL's vllm_importance_sampling_correction is not applied: the objective gets vLLM's "
                       "log-probs as PolicyBatch.behavior_logprobs and corrects for them itself, or not",
                       stacklevel=3)
-    extra_rows = getattr(objective, "extra_rows", None)
-    if extra_rows:
-        warnings.warn(f"rlkit objective {objective.name!r} also trains on {extra_rows!r} rows that rlkit's "
-                      "pipeline makes and TRL does not: only its part on TRL's own batch is trained", stacklevel=3)
+    if makes_extra_rows(type(objective)):
+        warnings.warn(f"rlkit objective {objective.name!r} also trains on extra rows that rlkit's pipeline "
+                      "makes and TRL does not: only its part on TRL's own batch is trained", stacklevel=3)
     args = copy.copy(args)
     # TRL loads a reference model, and scores it, exactly when beta != 0; its value is not used
     args.beta = float(getattr(objective.config, "beta", 0.0) or 1.0) if objective.needs_reference() else 0.0

@@ -117,7 +117,7 @@ class Learner:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`.
 
         ``extra`` holds one-row groups the objective asked for besides the step's groups
-        (``Objective.extra_rows``: DPH-RL's stored initial-policy samples, AEPO's tempered ones).
+        (``Objective.extra_rows``); ``Objective.combine_extra`` joins them to the micro-batch.
         ``version`` is the policy version of the learner's current weights (the step index).
         """
         started, wall_started = time.perf_counter(), time.time()
@@ -154,12 +154,13 @@ class Learner:
                                             with_entropy=True, share_prompts=not self.checkpointing)
         return PolicyBatch(logprobs=logprobs, old_logprobs=logprobs.detach(), mask=batch.completion_mask.float(),
                            advantages=torch.zeros(batch.num_sequences, device=logprobs.device),
-                           behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach())
+                           behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach(),
+                           stored_logprobs=batch.stored_logprobs)
 
     @torch.no_grad()
     def score(self, groups: list[RolloutGroup]) -> list[list[list[float]]]:
         """Per-token log-probs of every completion under the current weights (rollout temperature),
-        as ``[group][rollout][token]``: what DPH-RL stores for the initial policy."""
+        as ``[group][rollout][token]`` (``RunAccess.score``: the driver gives each rank a share)."""
         out = []
         for group in groups:
             batch = _to_device(TrainBatch.from_groups([group], self.tokenizer.pad_token_id), self.device)

@@ -7,8 +7,10 @@ its README ("Method Overview"), and its official code, github.com/597358816/AEPO
 module departs from that code, the docstring says so and why (see also ``docs/objectives/aepo.md``).
 
 The loss needs samples the ordinary batch does not hold: completions drawn at the regulated
-temperature. ``RegularizerBatch`` names exactly those tensors; the learner passes them in an
-``AEPOPolicyBatch``. Everything else (rollout and learner plumbing) is outside this file.
+temperature. :class:`TemperedRows` (the objective's extra rows) samples them on the driver each
+step; ``combine_extra`` hands them to the loss as a ``RegularizerBatch`` in an ``AEPOPolicyBatch``.
+The temperature controller is the objective's driver state (:class:`EntropyControl`): it lives once,
+on the driver, is fed each step's measured entropy and is checkpointed with the driver.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import Any
 import torch
 
 from rlkit.advantages import group_relative
+from rlkit.data import RolloutGroup
 from rlkit.objectives.aggregation import aggregate
 from rlkit.objectives.base import PolicyBatch
 from rlkit.objectives.grpo import GRPO, GRPOConfig, per_token_loss
+from rlkit.objectives.hooks import DriverState, ExtraRows, RunAccess
 from rlkit.plugins import objective
 
 TEMPERATURE_RULES = ("switch", "proportional")
@@ -236,7 +240,13 @@ class AEPO(GRPO):
                                                 config.temperature_high, config.temperature_rule,
                                                 config.temperature_gain)
 
-    extra_rows = "tempered"  # the pipeline samples them each step at regularizer_temperature()
+    def extra_rows(self, run: RunAccess) -> ExtraRows:
+        """Each step, some of its prompts resampled at ``regularizer_temperature`` (:class:`TemperedRows`)."""
+        return TemperedRows(self, run)
+
+    def driver_state(self) -> DriverState:
+        """The temperature controller, fed the step's measured entropy (:class:`EntropyControl`)."""
+        return EntropyControl(self.controller)
 
     def combine_extra(self, batch: PolicyBatch, extra: PolicyBatch) -> PolicyBatch:
         """Regularizer rows ride apart from the main rows: REINFORCE with weight 1, ratio 1."""
@@ -288,15 +298,64 @@ class AEPO(GRPO):
         count = self.controller.regularizer_count(len(eligible), self.config.max_regularizer_sequences)
         return eligible[:count]
 
+
+
+class EntropyControl(DriverState):
+    """AEPO's driver state: the temperature controller, updated with each step's token-mean entropy
+    over all ranks (the policy's own samples only), and what it logs."""
+
+    def __init__(self, controller: TemperatureController):
+        self.controller = controller
+
+    def observe(self, step_stats: dict[str, float]) -> dict[str, float]:
+        self.controller.update(step_stats["entropy"])
+        values = {"aepo_temperature": self.controller.temperature,
+                  "aepo_below_target": float(self.controller.below_target)}
+        if self.controller.last_entropy is not None:
+            values["aepo_measured_entropy"] = self.controller.last_entropy
+        return values
+
     def state_dict(self) -> dict[str, Any]:
         return {"temperature_controller": self.controller.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.controller.load_state_dict(state["temperature_controller"])
 
-    def log_metrics(self) -> dict[str, float]:
-        values = {"aepo_temperature": self.controller.temperature,
-                  "aepo_below_target": float(self.controller.below_target)}
-        if self.controller.last_entropy is not None:
-            values["aepo_measured_entropy"] = self.controller.last_entropy
-        return values
+
+class TemperedRows(ExtraRows):
+    """AEPO's regularizer samples: a fraction of the step's prompts resampled at the controller's temperature.
+
+    The temperature is the driver's controller's when the step's generation is submitted. The next
+    step's generation is already queued when a step's entropy is observed (it starts as soon as the
+    new weights are loaded), so a temperature chosen after step s applies from step s+2: one step
+    later than in a fully sequential loop.
+    """
+
+    def __init__(self, objective: AEPO, run: RunAccess):
+        self.objective, self.run = objective, run
+        self.pending: dict[int, Any] = {}
+
+    def submit(self, step: int, items: list[tuple[int, dict[str, Any]]]) -> None:
+        count = self.objective.regularizer_prompt_count(len(items))
+        temperature = self.objective.regularizer_temperature(self.run.config.rollout.temperature)
+        self.pending[step] = self.run.generate(items[:count], seed_key=(step, 100_000), temperature=temperature,
+                                               what=f"{count} tempered prompts")
+
+    def rows(self, step: int) -> list[RolloutGroup]:
+        (groups,) = self.run.results([self.pending.pop(step)])
+        rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+        chosen = self.objective.select_regularizer_rows(rewards).tolist()
+        size = len(groups[0].rollouts)
+        rows = []
+        for flat in chosen:
+            rows += groups[flat // size].one_row_groups([flat % size], source="tempered")
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        # generation already submitted for later steps is kept as its result, like the main chunks
+        steps = list(self.pending)
+        self.pending = dict(zip(steps, self.run.results([self.pending[s] for s in steps])))
+        return {"pending": dict(self.pending)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = {int(step): list(groups) for step, groups in state["pending"].items()}  # results() takes either

@@ -17,14 +17,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from rlkit.config import float_from_text
+from rlkit.objectives.hooks import DriverState, ExtraRows, RunAccess
+from rlkit.typecheck import BadValue, check_value, type_name
 
 
 @dataclass
@@ -38,9 +38,11 @@ class PolicyBatch:
     ref_logprobs: torch.Tensor | None = None  # frozen reference, when the objective needs it
     behavior_logprobs: torch.Tensor | None = None  # what the rollout engine sampled with
     entropy: torch.Tensor | None = None  # current policy's per-token entropy (detached)
-    # [B] bool: rows that are stored samples of the initial policy (DPH-RL's rehearsal set), whose
-    # ``behavior_logprobs`` are then the initial policy's log-probs; None when there are none
-    rehearsal: torch.Tensor | None = None
+    # [B] bool: rows that came from the objective's extra rows (Objective.extra_rows); None when none
+    extra: torch.Tensor | None = None
+    # log-probs stored with the extra rows when they were collected (e.g. under the initial policy);
+    # 0 on the step's own rows; None when no row carries any
+    stored_logprobs: torch.Tensor | None = None
 
 
 @dataclass
@@ -59,18 +61,27 @@ class Objective(abc.ABC):
     config_class: ClassVar[type] = object
     # whether ``rollout.dynamic_sampling: auto`` drops zero-variance groups and samples more (DAPO)
     dynamic_sampling_by_default: ClassVar[bool] = False
-    # Sequences besides the step's groups that the pipeline must feed this objective, each step:
-    #   "rehearsal": stored samples of the initial policy, drawn once before training (DPH-RL)
-    #   "tempered":  fresh samples of some of the step's prompts at another temperature (AEPO)
-    extra_rows: ClassVar[str | None] = None
-    # whether those rows count in the step's StepStats (the normalizer's sequences and tokens)
-    extra_rows_in_step_stats: ClassVar[bool] = False
     # True: advantages are computed per turn of multi-turn episodes (compute_turn_advantages) and
     # reach loss_sum as [B, T] per token; single-turn groups are then one-turn episodes
     turn_level: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
+
+    # --- the two hooks past the loss (rlkit/objectives/hooks.py); both run on the driver only ----
+
+    def extra_rows(self, run: RunAccess) -> ExtraRows | None:
+        """Rows besides the step's groups this objective trains on, made through ``run``; None: none."""
+        del run
+        return None
+
+    def driver_state(self) -> DriverState | None:
+        """State kept once on the driver, updated from each step's statistics; None: none.
+
+        The driver calls this once, on its own copy of the objective; the learners' copies never
+        see that state (``state_dict`` below is the learner-side state, saved by every rank).
+        """
+        return None
 
     def needs_reference(self) -> bool:
         """Whether the learner must load a frozen reference model and fill ``ref_logprobs``."""
@@ -108,9 +119,10 @@ class Objective(abc.ABC):
     def combine_extra(self, batch: PolicyBatch, extra: PolicyBatch) -> PolicyBatch:
         """One batch of the step's rows and the extra rows (see ``extra_rows``) for ``loss_sum``.
 
-        The default stacks them, marking the extra rows in ``rehearsal``; ``extra.old_logprobs``
-        are the learner's own log-probs (detached) and ``extra.behavior_logprobs`` what was stored
-        with the rows. Objectives that keep extra rows apart override this.
+        The default stacks them, marking the extra rows in ``extra``; ``extra.old_logprobs`` are
+        the learner's own log-probs (detached), ``extra.behavior_logprobs`` the sampler's and
+        ``extra.stored_logprobs`` what was stored with the rows (0 on the step's own rows).
+        Objectives that keep extra rows apart override this.
         """
         width = max(batch.logprobs.shape[1], extra.logprobs.shape[1])
         stack = lambda a, b: torch.cat([_pad_to(a, width), _pad_to(b, width)])  # noqa: E731
@@ -121,17 +133,20 @@ class Objective(abc.ABC):
             mask=stack(batch.mask, extra.mask), advantages=torch.cat([batch.advantages, extra.advantages]),
             ref_logprobs=None if batch.ref_logprobs is None else stack(batch.ref_logprobs, extra.ref_logprobs),
             behavior_logprobs=stack(batch.behavior_logprobs, extra.behavior_logprobs),
-            entropy=stack(batch.entropy, extra.entropy), rehearsal=flags)
+            entropy=stack(batch.entropy, extra.entropy), extra=flags,
+            stored_logprobs=None if extra.stored_logprobs is None else stack(
+                torch.zeros_like(batch.logprobs).detach(), extra.stored_logprobs))
 
     def state_dict(self) -> dict[str, Any]:
-        """Adaptive state (clip bounds, temperatures, labels) saved in checkpoints."""
+        """Learner-side adaptive state (e.g. clip bounds searched on the micro-batches), saved in
+        every rank's checkpoint."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
     def log_metrics(self) -> dict[str, float]:
-        """Per-step values of adaptive state to log (empty for stateless objectives)."""
+        """Per-step values of learner-side adaptive state to log (empty for stateless objectives)."""
         return {}
 
 
@@ -150,6 +165,17 @@ def objective_from_config(name: str, params: dict[str, Any]) -> Objective:
     return cls(build_config(cls.config_class, params, owner=f"objective {name!r}"))
 
 
+def check_objective_params(name: str, params: dict[str, Any]) -> None:
+    """What :func:`objective_from_config` checks, without building the objective."""
+    cls = _objective_class(name)
+    build_config(cls.config_class, params, owner=f"objective {name!r}")
+
+
+def makes_extra_rows(cls: type[Objective]) -> bool:
+    """Whether an objective class overrides the ``extra_rows`` hook."""
+    return cls.extra_rows is not Objective.extra_rows
+
+
 def build_config(config_class: type, params: dict[str, Any], owner: str) -> Any:
     """``config_class(**params)`` after checking every key exists and every value has the field's type."""
     hints = typing.get_type_hints(config_class)
@@ -160,7 +186,10 @@ def build_config(config_class: type, params: dict[str, Any], owner: str) -> Any:
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{owner} has no key {key!r}{hint} (valid keys: {', '.join(fields)})")
-        checked[key] = _check_type(value, hints[key], f"{owner}: {key}")
+        try:
+            checked[key] = check_value(value, hints[key], f"{owner}: {key}")
+        except BadValue as exc:
+            raise TypeError(str(exc)) from None
     return config_class(**checked)
 
 
@@ -171,7 +200,7 @@ def objective_config_fields(name: str) -> list[tuple[str, str, Any, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+        rows.append((f.name, type_name(hints[f.name]), default, f.metadata.get("help", "")))
     return rows
 
 
@@ -184,35 +213,3 @@ def _objective_class(name: str) -> type[Objective]:
     if not dataclasses.is_dataclass(cls.config_class):
         raise TypeError(f"objective {name!r}: config_class must be a dataclass, got {cls.config_class!r}")
     return cls
-
-
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` (an int widened to float where a float is expected) or raise TypeError."""
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    for option in options:
-        if option in (int, float):
-            if _is_number(value, option):
-                return option(value)
-            if option is float and float_from_text(value) is not None:
-                return float_from_text(value)
-        elif typing.get_origin(option) is typing.Literal:
-            if value in typing.get_args(option):
-                return value
-        elif option is Any or isinstance(value, typing.get_origin(option) or option):
-            return value
-    raise TypeError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def _is_number(value: Any, tp: type) -> bool:
-    """True and "3" are not numbers here; 3 is a fine float and 2.0 a fine int (as in RLConfig)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return tp is float or isinstance(value, int) or value.is_integer()
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(option) for option in typing.get_args(tp))
-    if tp is type(None):
-        return "None"
-    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")

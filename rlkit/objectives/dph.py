@@ -16,6 +16,8 @@ import torch
 from rlkit.advantages import group_relative
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
+from rlkit.objectives.dph_rehearsal import RehearsalRows
+from rlkit.objectives.hooks import ExtraRows, RunAccess
 from rlkit.objectives.grpo import GRPOConfig, per_token_loss
 from rlkit.plugins import objective
 
@@ -193,9 +195,10 @@ def confirm_rehearsal(rehearsal_ids: Sequence[Hashable],
 class DPH(Objective):
     """Diversity-Preserving Hybrid RL: PG on exploration rows, an f-divergence to π0 on rehearsal rows.
 
-    Rows of a batch are of two kinds (``batch.rehearsal``, [B] bool). An exploration row i is a
+    Rows of a batch are of two kinds (``batch.extra``, [B] bool). An exploration row i is a
     rollout of the current policy on a prompt π0 does not yet solve; a rehearsal row j is a sample
-    y ~ π0 of a prompt π0 solves, stored before training with log π0(y_t) in ``behavior_logprobs``.
+    y ~ π0 of a prompt π0 solves, stored before training with log π0(y_t) in ``stored_logprobs``
+    (the objective's extra rows, ``dph_rehearsal.RehearsalRows``).
     With ρ = πθ/π_old, u = πθ/π0 and |y| the loss tokens of a row:
 
         exploration:  ℓ_{i,t} = −min(ρ_{i,t}·A_i, clip(ρ_{i,t}, 1−ε_low, 1+ε_high)·A_i)     (no KL)
@@ -209,13 +212,15 @@ class DPH(Objective):
     so L = (share of exploration)·L_exp + η·(share of rehearsal)·L_pef: the paper's
     L_exp + η·L_pef with the mix of the step deciding the effective weight. Rehearsal rows get no
     policy-gradient term and exploration rows no divergence; ``old_logprobs`` and ``advantages``
-    of rehearsal rows and ``behavior_logprobs`` of exploration rows are ignored.
+    of rehearsal rows and ``stored_logprobs`` of exploration rows are ignored.
     """
 
     name = "dph"
     config_class = DPHConfig
-    extra_rows = "rehearsal"  # the trainer collects them before the first step (rlkit/rehearsal.py)
-    extra_rows_in_step_stats = True  # both kinds share the normalizer
+
+    def extra_rows(self, run: RunAccess) -> ExtraRows:
+        """The rehearsal rows, collected before the first step (``dph_rehearsal.py``)."""
+        return RehearsalRows(self, run)
 
     def split_prompts(self, pass_rates: Sequence[float]) -> tuple[list, list]:
         """(rehearsal, exploration) prompt positions from π0's pass rates (``split_rehearsal``)."""
@@ -245,9 +250,9 @@ class DPH(Objective):
         pg_loss, parts = per_token_loss(pg_batch, self.config.policy_gradient_config())
         loss = torch.where(exploration, pg_loss, torch.zeros_like(pg_loss))
         if rehearsal.any():
-            if batch.behavior_logprobs is None:
-                raise ValueError("rehearsal rows need the initial policy's log-probs in behavior_logprobs")
-            init = torch.where(rehearsal, batch.behavior_logprobs, logprobs.detach())
+            if batch.stored_logprobs is None:
+                raise ValueError("rehearsal rows need the initial policy's log-probs in stored_logprobs")
+            init = torch.where(rehearsal, batch.stored_logprobs, logprobs.detach())
             divergence = torch.where(rehearsal, divergence_term(self.config, logprobs, init), torch.zeros_like(loss))
             loss = loss + self.config.weight * divergence
             parts["divergence"] = divergence.detach()
@@ -261,11 +266,11 @@ class DPH(Objective):
 
 def _rehearsal_rows(batch: PolicyBatch) -> torch.Tensor:
     rows = batch.logprobs.shape[0]
-    if batch.rehearsal is None:
+    if batch.extra is None:
         return torch.zeros(rows, dtype=torch.bool, device=batch.logprobs.device)
-    if batch.rehearsal.shape != (rows,):
-        raise ValueError(f"rehearsal must be a [B] = [{rows}] bool tensor, got shape {tuple(batch.rehearsal.shape)}")
-    return batch.rehearsal.bool()
+    if batch.extra.shape != (rows,):
+        raise ValueError(f"extra must be a [B] = [{rows}] bool tensor, got shape {tuple(batch.extra.shape)}")
+    return batch.extra.bool()
 
 
 def _metrics(parts: dict[str, torch.Tensor], exploration: torch.Tensor, rehearsal: torch.Tensor,

@@ -73,7 +73,7 @@ class RolloutWorker:
                       group_size: int | None = None) -> Iterator[list[RolloutGroup]]:
         """Sample ``num_generations`` completions for each ``(prompt_index, row)`` and yield the
         groups, scored, as they end: each item is the groups that ended together. (Another
-        temperature or group size when given: AEPO's tempered samples, DPH-RL's split.) Called
+        temperature or group size when given: what an objective's extra rows ask for.) Called
         through Ray, each item reaches the caller as soon as it is yielded."""
         column = self.config.data.prompt_column
         group_size = group_size or self.config.rollout.num_generations

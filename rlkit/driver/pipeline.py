@@ -13,7 +13,7 @@ Ray runs an actor's calls in submission order, which is what makes this simple: 
 ``set_weights`` submitted after step k's generation calls applies to everything submitted later.
 
 A rollout worker that dies (a crashed reward, an out-of-memory kill) is restarted by Ray with
-its initial weights; the fleet (:mod:`rlkit.recovery`) waits until it answers, loads the current
+its initial weights; the fleet (:mod:`rlkit.driver.recovery`) waits until it answers, loads the current
 weights into it and sends the lost chunk again with the same sampling seed, so no group is lost or
 trained twice and the run goes on as if nothing had happened.
 """
@@ -33,8 +33,10 @@ import ray
 
 from rlkit.config import RLConfig, groups_per_micro_batch
 from rlkit.data import RolloutGroup
+from rlkit.driver.recovery import RolloutFleet, WorkerCall, WorkerStream
+from rlkit.objectives.hooks import DriverState, ExtraRows
 from rlkit.prompts import PromptSource
-from rlkit.recovery import RolloutFleet, WorkerCall, WorkerStream
+from rlkit.seeding import chunk_seed
 
 
 @dataclass
@@ -64,7 +66,7 @@ def dynamic_sampling_enabled(config: RLConfig) -> bool:
     setting = config.rollout.dynamic_sampling
     if setting != "auto":
         return setting == "true"
-    from rlkit.plugins import objectives
+    from rlkit.plugins import objectives  # late: the registry loads the built-in objectives
 
     return bool(getattr(objectives.get(config.objective.name), "dynamic_sampling_by_default", False))
 
@@ -117,25 +119,18 @@ class MicroBatchFeed:
             self.calls.append(learner.train_micro_batch.remote(micro_batch, version=self.version))
 
 
-def chunk_seed(seed: int, step: int, chunk: int) -> int:
-    """Sampling seed of one generation call; depends only on where the call sits in the run. With
-    the prompt's index in the step as the request's key, it fixes every sample of the step however
-    the prompts are split among workers."""
-    return int(np.random.SeedSequence([seed, step, chunk]).generate_state(1)[0])
-
-
 class StepPipeline:
-    def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
-                 rehearsal_pool: list[RolloutGroup] | None = None):
-        from rlkit.objectives import objective_from_config
+    """The driver's side of a run, one step at a time. ``extras`` and ``driver_state`` are the
+    objective's hooks, made once by the trainer from the driver's only copy of the objective."""
 
+    def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
+                 extras: ExtraRows | None = None, driver_state: DriverState | None = None):
         self.config = config
         self.fleet = fleet
         self.learners = learners
         self.source = source
-        # the driver's own copy of the objective: what it asks of the pipeline, and AEPO's temperature
-        self.objective = objective_from_config(config.objective.name, config.objective.params)
-        self.extras = self._extra_rows(rehearsal_pool)
+        self.extras = extras
+        self.driver_state = driver_state
         self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
         self.groups_per_micro_batch = groups_per_micro_batch(config)
         self.next_to_submit = 0
@@ -145,26 +140,6 @@ class StepPipeline:
         self.replay_counts: dict[int, int] = {}
 
     # --- producing -----------------------------------------------------------------------------
-
-    def _extra_rows(self, rehearsal_pool):
-        from rlkit.rollout.extras import RehearsalRows, TemperedRows
-
-        kind = self.objective.extra_rows
-        if kind == "rehearsal":
-            per_step = round(self.objective.config.rehearsal_ratio * self.config.rollout.prompts_per_step
-                             * self.config.rollout.num_generations)
-            return RehearsalRows(rehearsal_pool or [], max(per_step, self.config.learner.num_learners),
-                                 self.config.seed)
-        if kind == "tempered":
-            return TemperedRows(self.config, self.objective, self._tempered_chunk, self._result)
-        if kind is not None:
-            raise ValueError(f"objective {self.config.objective.name!r} asks for extra rows {kind!r}; "
-                             "the pipeline knows 'rehearsal' and 'tempered'")
-        return None
-
-    def _tempered_chunk(self, step: int, items: list, temperature: float) -> WorkerCall:
-        seed = chunk_seed(self.config.seed, step, 100_000)
-        return self.fleet.generate(0, items, seed, temperature=temperature, what=f"{len(items)} tempered prompts")
 
     def _submit(self, step: int) -> None:
         rollout = self.config.rollout
@@ -228,7 +203,7 @@ class StepPipeline:
         feed.add(replayed)
         groups = kept + filler + replayed
         learner_calls = feed.calls
-        counted = groups + (feed.extras if self.objective.extra_rows_in_step_stats else [])
+        counted = groups + (feed.extras if self.extras is not None and self.extras.counts_in_step_stats else [])
         stats = {"num_sequences": sum(len(g.rollouts) for g in counted),
                  "num_tokens": sum(g.num_tokens for g in counted)}
         # Everything from here to the next step's first generation is queued at once, in the order
@@ -250,8 +225,8 @@ class StepPipeline:
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
-        if self.extras is not None:
-            sampling.update(self.extras.after_step(learner_out))
+        if self.driver_state is not None:
+            sampling.update(self.driver_state.observe(learner_out))
         if self.config.rollout.replay_fraction > 0:
             sampling["replayed_groups"] = len(replayed)
             sampling["replay_age"] = statistics.fmean(step - g.policy_version for g in replayed) if replayed else 0.0
@@ -316,10 +291,6 @@ class StepPipeline:
         take = useful[:room]
         return take, _without(groups, take)
 
-    def _result(self, generated: WorkerCall | list[RolloutGroup]) -> list[RolloutGroup]:
-        """Groups of a one-shot generation call (sent again by the fleet if its worker died meanwhile)."""
-        return generated if isinstance(generated, list) else self.fleet.result(generated)
-
     def _send_weights(self, version: int) -> tuple[list[WorkerCall], list[ray.ObjectRef]]:
         """Queue the export of the learners' weights and their loading into every worker."""
         exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
@@ -349,6 +320,8 @@ class StepPipeline:
                  "replay": list(self.replay), "replay_counts": dict(self.replay_counts)}
         if self.extras is not None:
             state["extras"] = self.extras.state_dict()
+        if self.driver_state is not None:
+            state["objective"] = self.driver_state.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -361,6 +334,8 @@ class StepPipeline:
         self.replay_counts = {int(k): v for k, v in state.get("replay_counts", {}).items()}
         if self.extras is not None:
             self.extras.load_state_dict(state["extras"])
+        if self.driver_state is not None:
+            self.driver_state.load_state_dict(state["objective"])
 
 
 def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:

@@ -112,3 +112,12 @@ def test_the_pipeline_trainer_and_learner_name_no_objective():
     found = [f"{path.relative_to(ROOT.parent)}:{number}: {line.strip()}" for path in places
              for number, line in enumerate(path.read_text().splitlines(), 1) if names.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_every_package_is_listed_for_installation():
+    """A package missing from pyproject's list works in an editable install and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(path.parent.relative_to(ROOT.parent).parts) for path in ROOT.rglob("__init__.py")}
+    assert packages - listed == set()

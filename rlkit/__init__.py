@@ -1,11 +1,12 @@
 """rlkit: reinforcement-learning post-training for language models."""
 
 from rlkit.config import RLConfig
-from rlkit.plugins import engine, env, objective, reward
+from rlkit.plugins import advantage_estimator, engine, env, objective, policy_loss, reward
 
 __version__ = "0.1.0"
 
-__all__ = ["RLConfig", "RLTrainer", "engine", "env", "objective", "reward", "__version__"]
+__all__ = ["RLConfig", "RLTrainer", "advantage_estimator", "engine", "env", "objective", "policy_loss", "reward",
+           "__version__"]
 
 
 def __getattr__(name: str):

@@ -107,12 +107,15 @@ def evaluate(
                       f"({2 * pass_at} samples per row)")
 
 
-@app.command(name="list", help="List objectives, rewards, envs, engines, recipes, or every config key.")
-def list_(what: str = typer.Argument(..., help="objectives | rewards | envs | engines | recipes | keys")) -> None:
+@app.command(name="list", help="List objectives, estimators, losses, rewards, envs, engines, recipes, or every "
+                               "config key.")
+def list_(what: str = typer.Argument(
+        ..., help="objectives | estimators | losses | rewards | envs | engines | recipes | keys")) -> None:
     from rlkit import plugins
     from rlkit.config import describe_fields, recipe_names, recipe_path
 
-    registries = {"objectives": plugins.objectives, "rewards": plugins.rewards, "envs": plugins.envs,
+    registries = {"objectives": plugins.objectives, "estimators": plugins.advantage_estimators,
+                  "losses": plugins.policy_losses, "rewards": plugins.rewards, "envs": plugins.envs,
                   "engines": plugins.engines}
     table = Table(show_header=True, header_style="bold")
     if what in registries:
@@ -133,7 +136,7 @@ def list_(what: str = typer.Argument(..., help="objectives | rewards | envs | en
         for key, type_name, default, text in describe_fields():
             table.add_row(key, type_name, repr(default), text)
     else:
-        _fail(f"unknown list {what!r}; choose objectives, rewards, envs, engines, recipes or keys")
+        _fail(f"unknown list {what!r}; choose objectives, estimators, losses, rewards, envs, engines, recipes or keys")
     console.print(table)
 
 

@@ -31,6 +31,10 @@ class Rollout:
     # log-probs an objective stored with one of its extra rows (rlkit/objectives/hooks.py), e.g.
     # the initial policy's; None on the step's own rollouts
     stored_logprobs: list[float] | None = None
+    # the objective's advantage, assigned on the driver once the group joins a step: one number, or
+    # one per turn the model took (turn-level estimators on multi-turn episodes); None before that
+    advantage: float | None = None
+    turn_advantages: list[float] | None = None
 
     @property
     def num_generated_tokens(self) -> int:
@@ -92,6 +96,9 @@ class TrainBatch:
     turn_rewards: torch.Tensor | None = None  # [num_groups, G, T] reward of each turn, 0 where not reached
     turn_reached: torch.Tensor | None = None  # [num_groups, G, T] bool: the episode took that turn
     stored_logprobs: torch.Tensor | None = None  # [B, C] Rollout.stored_logprobs, when every row has them
+    # the driver's advantages, when every row has one: [B], or [B, C] per token (each token its
+    # turn's advantage, 0 off the loss mask) when any row has per-turn ones
+    advantages: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -140,11 +147,27 @@ class TrainBatch:
         )
         if any(g.multi_turn for g in groups):
             _add_turns(batch, groups, [r for _, r in rows])
+        batch.advantages = _advantages(batch, [r for _, r in rows])
         if rows and all(r.stored_logprobs is not None for _, r in rows):
             batch.stored_logprobs = torch.zeros((len(rows), width_c), dtype=torch.float32)
             for i, (_, rollout) in enumerate(rows):
                 batch.stored_logprobs[i, :len(rollout.stored_logprobs)] = torch.tensor(rollout.stored_logprobs)
         return batch
+
+
+def _advantages(batch: TrainBatch, rollouts: list[Rollout]) -> torch.Tensor | None:
+    if not rollouts or any(r.advantage is None and r.turn_advantages is None for r in rollouts):
+        return None
+    if all(r.turn_advantages is None for r in rollouts):
+        return torch.tensor([r.advantage for r in rollouts], dtype=torch.float32)
+    per_token = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+    for i, rollout in enumerate(rollouts):
+        if rollout.turn_advantages is None:
+            per_token[i] = rollout.advantage
+        else:
+            turns = torch.tensor(rollout.turn_advantages, dtype=torch.float32)
+            per_token[i] = turns[batch.token_turns[i].clamp(max=len(turns) - 1)]
+    return per_token * batch.completion_mask
 
 
 def _add_turns(batch: TrainBatch, groups: list[RolloutGroup], rollouts: list[Rollout]) -> None:

@@ -1,8 +1,10 @@
-"""Registries for rewards, environments, objectives and generation engines.
+"""Registries for rewards, environments, objectives, advantage estimators, policy losses and
+generation engines.
 
 Built-ins register exactly like third-party plugins do: with a decorator
-(``@rlkit.reward("name")``), through an entry-point group (``rlkit.rewards``,
-``rlkit.envs``, ``rlkit.objectives``, ``rlkit.engines``) of an installed package, or by a reference
+(``@rlkit.reward("name")``), through an entry-point group (``rlkit.rewards``, ``rlkit.envs``,
+``rlkit.objectives``, ``rlkit.advantage_estimators``, ``rlkit.policy_losses``, ``rlkit.engines``)
+of an installed package, or by a reference
 ``path/to/file.py:name`` / ``package.module:name`` given where a name is expected.
 """
 
@@ -147,11 +149,38 @@ objectives: Registry[Any] = Registry("objective", "rlkit.objectives", ("rlkit.ob
 rewards: Registry[Callable[..., list]] = Registry("reward", "rlkit.rewards", ("rlkit.rewards",))
 envs: Registry[Any] = Registry("environment", "rlkit.envs", ("rlkit.envs",))
 engines: Registry[Any] = Registry("engine", "rlkit.engines", ("rlkit.rollout.engines",))
+# an objective is a named pairing of one of each (with its defaults): see rlkit/objectives/estimators.py
+advantage_estimators: Registry[Any] = Registry("advantage estimator", "rlkit.advantage_estimators",
+                                               ("rlkit.objectives",))
+policy_losses: Registry[Any] = Registry("policy loss", "rlkit.policy_losses", ("rlkit.objectives",))
 
 
 def objective(name: str):
     """Decorator registering an objective class under ``name``."""
     return objectives.register(name)
+
+
+def advantage_estimator(name: str, *, turn_level: bool = False):
+    """Decorator registering an advantage estimator under ``name``.
+
+    ``fn(rewards, config)`` maps ``[num_groups, G]`` rewards to advantages of the same shape; with
+    ``turn_level=True``, ``fn(turn_rewards, reached, config)`` maps ``[num_groups, G, T]`` per-turn
+    rewards to per-turn advantages. ``config`` is the objective's config: an estimator reads the
+    knobs it knows (``scale_rewards``...) and takes its own default where the objective has none.
+    """
+
+    def add(fn):
+        fn.turn_level = turn_level
+        return advantage_estimators.register(name)(fn)
+
+    return add
+
+
+def policy_loss(name: str):
+    """Decorator registering a per-token policy loss (or loss term) under ``name``: ``fn(...)``
+    returns the per-token loss ``[B, T]``, or ``(loss, parts)`` with per-token diagnostics.
+    Objectives compose these with an aggregation."""
+    return policy_losses.register(name)
 
 
 def reward(name: str):

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlkit import metric_names as m
 from rlkit.config import ConfigError, RLConfig, apply_mapping, micro_batches_per_rank
 from rlkit.objectives import objective_from_config
 from rlkit.prompts import PromptSource, check_rows, load_rows
@@ -113,8 +114,8 @@ class RLTrainer:
             extras = objective.extra_rows(PipelineRunAccess(config, run.path, actors.fleet, actors.learners))
             rows = extras.prepare(self.train_rows) if extras is not None else self.train_rows
             source = PromptSource(rows, seed=config.seed, shuffle=config.data.shuffle)
-            pipeline = StepPipeline(config, actors.fleet, actors.learners, source, extras=extras,
-                                    driver_state=objective.driver_state())
+            pipeline = StepPipeline(config, actors.fleet, actors.learners, source, objective.assign_advantages,
+                                    extras=extras, driver_state=objective.driver_state())
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:
@@ -205,7 +206,7 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     learner = out.learner
     metrics = {
         "reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards),
-        "loss": learner["loss"], "entropy": learner["entropy"],
+        "loss": learner[m.LOSS], "entropy": learner[m.ENTROPY],
         "completion_length": statistics.fmean(lengths),
         "truncated_fraction": statistics.fmean(r.truncated for g in sampled for r in g.rollouts),
         "tokens_per_second": sum(lengths) / seconds, "step_seconds": seconds, "trained_groups": len(out.groups),
@@ -219,7 +220,7 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
     }
     if any(g.multi_turn for g in sampled):
         metrics["turns_mean"] = statistics.fmean(len(r.turn_rewards or [0]) for g in sampled for r in g.rollouts)
-    metrics.update({k: v for k, v in learner.items() if k not in ("loss", "entropy", "loss_sum", "entropy_sum")})
+    metrics.update({k: v for k, v in learner.items() if k not in (m.LOSS, m.ENTROPY, m.LOSS_SUM, m.ENTROPY_SUM)})
     metrics.update(out.extra)
     return metrics
 

@@ -144,13 +144,27 @@ def test_without_regularizer_samples_it_is_grpo():
     loss, metrics = AEPO(config).loss_sum(batch)
     grpo_loss, grpo_metrics = GRPO(GRPOConfig(loss_type="dapo")).loss_sum(batch)
     assert loss.item() == grpo_loss.item() == -1.0
-    assert metrics == {**grpo_metrics, "regularizer_token_share": 0.0}
+    # −mean log π(sampled token): (1 + 0.5) / 2
+    assert metrics == {**grpo_metrics, "regularizer_token_share": 0.0, "aepo_sampled_entropy": 0.75}
     plain = PolicyBatch(batch.logprobs, batch.old_logprobs, batch.mask, batch.advantages)  # no attribute at all
     assert AEPO(config).loss_sum(plain)[0].item() == -1.0
 
 
+def test_the_sampled_entropy_covers_main_and_regularizer_tokens():
+    _, metrics = AEPO(AEPOConfig()).loss_sum(hand_batch(hand_regularizer()))
+    # main −(−1 − 0.5) = 1.5 over 2 tokens; regularizer −(−2 − 1) − (−0.3) = 3.3 over 3: 4.8 / 5
+    assert metrics["aepo_sampled_entropy"] == pytest.approx(0.96)
+
+
+def test_defaults_are_the_official_codes():
+    config = AEPOConfig()
+    assert config.loss_type == "dapo" and config.entropy_measure == "sampled"
+    with pytest.raises(ValueError, match="entropy_measure"):
+        AEPOConfig(entropy_measure="full")
+
+
 def test_coefficient_zero_drops_the_regularizer():
-    loss, _ = AEPO(AEPOConfig(regularizer_coef=0.0)).loss_sum(hand_batch(hand_regularizer()))
+    loss, _ = AEPO(AEPOConfig(loss_type="grpo", regularizer_coef=0.0)).loss_sum(hand_batch(hand_regularizer()))
     assert loss.item() == pytest.approx(-0.5, abs=1e-12)
 
 
@@ -341,8 +355,11 @@ def test_the_controller_is_driver_state_observed_and_restored():
     # the learner-side copy has no state of its own: the controller lives on the driver
     assert aepo.state_dict() == {} and aepo.log_metrics() == {}
     driver = aepo.driver_state()
-    assert driver.observe({"entropy": 0.7, "loss": 0.1}) == {
+    # the official measure by default: the sampled-token estimate, not the exact entropy
+    assert driver.observe({"entropy": 0.3, "aepo_sampled_entropy": 0.7, "loss": 0.1}) == {
         "aepo_temperature": 0.8, "aepo_below_target": 0.0, "aepo_measured_entropy": 0.7}
+    exact = AEPO(AEPOConfig(entropy_measure="exact")).driver_state()
+    assert exact.observe({"entropy": 0.3, "aepo_sampled_entropy": 0.7})["aepo_temperature"] == 1.2
     assert aepo.regularizer_temperature(rollout_temperature=1.0) == 0.8  # the hooks share the controller
     restored = AEPO(AEPOConfig())
     restored.driver_state().load_state_dict(driver.state_dict())

@@ -35,6 +35,9 @@ def test_list_shows_builtins_and_where_they_come_from():
     assert "arith" in invoke("list", "envs").output
     engines = invoke("list", "engines").output
     assert "hf" in engines and "built-in" in engines
+    estimators = invoke("list", "estimators").output
+    assert all(name in estimators for name in ("group_relative", "rloo", "gbpo_median", "trloo"))
+    assert "clipped_surrogate" in invoke("list", "losses").output
     assert "grpo-arith" in invoke("list", "recipes").output
     assert "rollout.num_generations" in invoke("list", "keys").output
     bad = invoke("list", "objectivs")

@@ -256,6 +256,6 @@ def test_out_of_range_values_are_refused(params, message):
 
 def test_config_fields_have_help():
     fields = {name: (default, text) for name, _, default, text in objective_config_fields("gbpo")}
-    assert list(fields) == ["epsilon", "epsilon_high", "loss_type", "scale_rewards"]
+    assert list(fields) == ["epsilon", "epsilon_high", "loss_type", "scale_rewards", "advantage_estimator"]
     assert fields["epsilon"][0] == 0.3 and fields["loss_type"][0] == "dapo"
     assert all(text for _, text in fields.values())

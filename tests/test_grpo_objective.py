@@ -246,7 +246,7 @@ def test_out_of_range_values_are_refused(params, message):
 
 def test_config_fields_for_docs():
     fields = {name: (type_name, default, text) for name, type_name, default, text in objective_config_fields("grpo")}
-    assert list(fields) == ["epsilon", "epsilon_high", "beta", "loss_type", "scale_rewards"]
+    assert list(fields) == ["epsilon", "epsilon_high", "beta", "loss_type", "scale_rewards", "advantage_estimator"]
     assert fields["epsilon_high"][:2] == ("float | None", None)
     assert fields["epsilon"][:2] == ("float", 0.2)
     assert all(text for _, _, text in fields.values())

@@ -97,6 +97,25 @@ def test_each_token_takes_its_turns_advantage(groups, worker):
     assert batch_advantages(grpo, batch).shape == (batch.num_sequences,)  # GRPO: one advantage per episode
 
 
+@pytest.mark.parametrize("name", ["trloo", "grpo"])
+def test_the_drivers_advantages_are_the_ones_the_learner_would_compute(groups, worker, name):
+    """Assigned once on the driver, carried by the rollouts: per token for trloo, per episode for grpo."""
+    import copy
+
+    objective = objective_from_config(name, {})
+    own = batch_advantages(objective, TrainBatch.from_groups(groups, worker.tokenizer.pad_token_id))
+    assigned = copy.deepcopy(groups)
+    objective.assign_advantages(assigned)
+    assert all(r.advantage is not None or r.turn_advantages is not None for g in assigned for r in g.rollouts)
+    carried = TrainBatch.from_groups(assigned, worker.tokenizer.pad_token_id).advantages
+    assert carried.shape == own.shape and torch.allclose(carried, own, atol=1e-6)
+    # a micro-batch of one group carries the same values as its rows of the whole step
+    alone = TrainBatch.from_groups(assigned[1:2], worker.tokenizer.pad_token_id).advantages
+    width = alone.shape[-1] if alone.dim() == 2 else None
+    rows = slice(len(groups[0].rollouts), 2 * len(groups[0].rollouts))
+    assert torch.allclose(alone, own[rows, :width] if width else own[rows], atol=1e-6)
+
+
 def test_greedy_evaluation_plays_whole_episodes(worker):
     rows = ArithRetryEnv().dataset("eval")[:40]
     first = worker.evaluate(rows, 1.0)

@@ -89,8 +89,22 @@ def test_mismatch_check_rejects_drifted_and_vetoed_episodes():
     rollout = torch.zeros(4, 2)
     mask = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]])
     keep, geometric = mismatch_keep(learner, rollout, mask, TRLOOConfig())
-    assert keep.tolist() == [True, False, False, True]  # 1.0005 in, 1.002 out, a token at e^-11.6 < 1e-4 out
+    # 1.0005 in, 1.002 out, a token at e^-11.6 < 1e-4 vetoes its (only) turn
+    assert keep.all(dim=1).tolist() == [True, False, False, True]
     assert geometric[:2].tolist() == pytest.approx([math.exp(0.0005), math.exp(0.002)])
+
+
+def test_a_vetoed_token_drops_its_turn_not_the_episode():
+    # one episode of three turns (tokens 0-1, 2-3, 4): a token of turn 1 at ratio e^-10 < 1e-4. Its
+    # geometric mean, exp((0.0 + 0.004 - 10 + 9.996 + 0) / 5) = 1, keeps the episode.
+    learner = torch.tensor([[0.0, 0.004, -10.0, 9.996, 0.0]])
+    turns = torch.tensor([[0, 0, 1, 1, 2]])
+    keep, geometric = mismatch_keep(learner, torch.zeros(1, 5), torch.ones(1, 5), TRLOOConfig(), turns)
+    assert geometric.item() == pytest.approx(1.0)
+    assert keep.tolist() == [[True, True, False, False, True]]
+    # single-turn (no turn layout): the same veto drops the whole row
+    keep, _ = mismatch_keep(learner, torch.zeros(1, 5), torch.ones(1, 5), TRLOOConfig())
+    assert keep.tolist() == [[False] * 5]
 
 
 def test_loss_uses_each_tokens_turn_advantage_and_leaves_rejected_episodes_out():
@@ -101,7 +115,7 @@ def test_loss_uses_each_tokens_turn_advantage_and_leaves_rejected_episodes_out()
                         advantages=advantages, behavior_logprobs=behavior)
     trloo = objective_from_config("trloo", {})
     loss, metrics = trloo.loss_sum(batch)
-    assert loss.item() == pytest.approx(-(0.5 + 1.0 - 1.0 - 1.0))  # ratio 1: ℓ = −A per token, summed (dapo)
+    assert loss.item() == pytest.approx(-(0.5 + 1.0 - 1.0 - 1.0))  # ratio 1: ℓ = −A per token, summed
     assert metrics["mismatch_rejected_tokens"] == 0.0
     batch.behavior_logprobs = behavior - torch.tensor([[0.0, 0.0], [0.01, 0.01]])  # row 1 drifted: ratio e^0.01
     loss, metrics = trloo.loss_sum(batch)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from rlkit import metric_names as m
 from rlkit.config import RLConfig, groups_per_micro_batch
 from rlkit.data import RolloutGroup
 from rlkit.driver.recovery import RolloutFleet, WorkerCall, WorkerStream
@@ -120,15 +121,18 @@ class MicroBatchFeed:
 
 
 class StepPipeline:
-    """The driver's side of a run, one step at a time. ``extras`` and ``driver_state`` are the
-    objective's hooks, made once by the trainer from the driver's only copy of the objective."""
+    """The driver's side of a run, one step at a time. ``assign_advantages``, ``extras`` and
+    ``driver_state`` come from the driver's only copy of the objective, made once by the trainer:
+    each group's advantages are computed here, once, as it joins its step, and travel with it."""
 
     def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
+                 assign_advantages: Callable[[list[RolloutGroup]], None],
                  extras: ExtraRows | None = None, driver_state: DriverState | None = None):
         self.config = config
         self.fleet = fleet
         self.learners = learners
         self.source = source
+        self.assign_advantages = assign_advantages
         self.extras = extras
         self.driver_state = driver_state
         self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
@@ -187,6 +191,7 @@ class StepPipeline:
                 generated = max(generated, arrived_at)  # when the step's last groups arrived, in the end
                 wait_seconds += waited
                 take, drop = self._accept(arrived, needed - len(kept))
+                self.assign_advantages(take)
                 kept.extend(take)
                 dropped.extend(drop)
                 feed.add(take)
@@ -199,6 +204,7 @@ class StepPipeline:
             more = _round_up(math.ceil(missing * offered / max(len(kept), offered / 8)), feed.size)
             generations = self._generations(step, min(more, 2 * needed), first_index=offered, round_=rounds)
         filler = [g for g in dropped if _zero_variance(g)][:needed - len(kept)]  # no gradient, keeps the shape
+        self.assign_advantages(filler)
         feed.add(filler)
         feed.add(replayed)
         groups = kept + filler + replayed
@@ -220,7 +226,7 @@ class StepPipeline:
             self._fill(step + 1)
         micro_batches = ray.get(learner_calls)
         learner_out = _reduce(ray.get(steps))
-        learner_out["learner_overlap_seconds"] = _overlap(micro_batches, started, generated)
+        learner_out[m.LEARNER_OVERLAP_SECONDS] = _overlap(micro_batches, started, generated)
         learner_out.update(self._confirm_weights(loaded))
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
@@ -301,8 +307,8 @@ class StepPipeline:
         loads, other_ranks = sent
         loaded = self.fleet.results(loads)
         ray.get(other_ranks)
-        return {"weight_sync_bytes": float(max(out["bytes"] for out in loaded)),
-                "weight_load_seconds": max(out["seconds"] for out in loaded)}
+        return {m.WEIGHT_SYNC_BYTES: float(max(out["bytes"] for out in loaded)),
+                m.WEIGHT_LOAD_SECONDS: max(out["seconds"] for out in loaded)}
 
     def push_initial_weights(self, version: int) -> None:
         self._confirm_weights(self._send_weights(version))
@@ -340,25 +346,23 @@ class StepPipeline:
 
 def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:
     """Sum the sums over learner ranks; weight the objective's per-token metrics by trained tokens."""
-    tokens = sum(o["tokens"] for o in outputs)
-    trained = sum(o["trained_tokens"] for o in outputs)
-    summed = ("loss_sum", "entropy_sum", "tokens", "trained_tokens", "skipped_groups", "extra_rows")
-    busiest = ("learner_seconds", "grad_norm", "learning_rate", "weight_export_seconds")  # equal on all ranks, or the slowest
+    tokens = sum(o[m.TOKENS] for o in outputs)
+    trained = sum(o[m.TRAINED_TOKENS] for o in outputs)
     first = outputs[0]
-    out = {k: sum(o[k] for o in outputs) for k in summed}
-    out["loss"] = out["loss_sum"] / first["normalizer"]
-    out["entropy"] = out["entropy_sum"] / max(tokens, 1.0)
+    out = {k: sum(o[k] for o in outputs) for k in m.SUMMED_OVER_RANKS}
+    out[m.LOSS] = out[m.LOSS_SUM] / first[m.NORMALIZER]
+    out[m.ENTROPY] = out[m.ENTROPY_SUM] / max(tokens, 1.0)
     for key in first:
-        if key in summed or key == "normalizer":
+        if key in m.SUMMED_OVER_RANKS or key == m.NORMALIZER:
             continue
-        if key in busiest:
+        if key in m.SLOWEST_RANK:
             out[key] = max(o[key] for o in outputs)
         else:
-            out[key] = sum(o[key] * o["trained_tokens"] for o in outputs) / max(trained, 1.0)
+            out[key] = sum(o[key] * o[m.TRAINED_TOKENS] for o in outputs) / max(trained, 1.0)
     return out
 
 
 def _overlap(micro_batches: list[dict[str, float]], started: float, generated: float) -> float:
     """Seconds the learners computed while the step was still generating (wall clock, summed over
     micro-batches): what periodic asynchrony gains over ``sync``."""
-    return sum(max(0.0, min(m["ended"], generated) - max(m["started"], started)) for m in micro_batches)
+    return sum(max(0.0, min(mb["ended"], generated) - max(mb["started"], started)) for mb in micro_batches)

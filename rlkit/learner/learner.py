@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rlkit import metric_names as m
 from rlkit.config import RLConfig, groups_per_micro_batch
 from rlkit.data import RolloutGroup, TrainBatch
 from rlkit.learner.op_builds import bounded_build_locks, prepare_op_builds
@@ -140,11 +141,11 @@ class Learner:
         # entropies are the learner's own (same weights, same temperature)
         skipped_tokens = sum(g.num_tokens for g in skipped)
         skipped_entropy = sum(sum(r.entropies) for g in skipped for r in g.rollouts)
-        self._accumulate({"loss_sum": loss_sum.item(), "tokens": batch.num_tokens + skipped_tokens,
-                          "trained_tokens": trained, "skipped_groups": len(skipped), "extra_rows": len(extra or ()),
-                          "learner_seconds": time.perf_counter() - started,
-                          "entropy_sum": entropy_sum + skipped_entropy,
-                          **{f"{k}_weighted": v * trained for k, v in metrics.items()}})
+        self._accumulate({m.LOSS_SUM: loss_sum.item(), m.TOKENS: batch.num_tokens + skipped_tokens,
+                          m.TRAINED_TOKENS: trained, m.SKIPPED_GROUPS: len(skipped), m.EXTRA_ROWS: len(extra or ()),
+                          m.LEARNER_SECONDS: time.perf_counter() - started,
+                          m.ENTROPY_SUM: entropy_sum + skipped_entropy,
+                          **{f"{k}{m.WEIGHTED}": v * trained for k, v in metrics.items()}})
         return {"tokens": trained, "sequences": batch.num_sequences, "started": wall_started, "ended": time.time()}
 
     def _extra_policy_batch(self, batch: TrainBatch) -> PolicyBatch:
@@ -172,11 +173,7 @@ class Learner:
         """(groups to train on, groups the objective says add nothing: all advantages zero)."""
         if not self.objective.zero_advantage_is_inert():
             return groups, []
-        if self.objective.turn_level:  # per-turn advantages need the episodes' turn layout
-            advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
-        else:
-            rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-            advantages = self.objective.compute_advantages(rewards)
+        advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
         live = advantages.reshape(len(groups), -1).abs().amax(dim=1) > 0
         keep = [g for g, alive in zip(groups, live.tolist()) if alive]
         if not keep:
@@ -207,7 +204,8 @@ class Learner:
         advantages = batch_advantages(self.objective, batch)
         return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=batch.completion_mask.float(),
                            advantages=advantages.to(self.device), ref_logprobs=ref,
-                           behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach())
+                           behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach(),
+                           token_turns=batch.token_turns)
 
     def _accumulate(self, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -228,17 +226,13 @@ class Learner:
         for group in optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()
-        tokens = max(self._sums.get("tokens", 0.0), 1.0)
-        out = {"loss_sum": self._sums.get("loss_sum", 0.0), "normalizer": normalizer,
-               "learner_seconds": self._sums.get("learner_seconds", 0.0),
-               "entropy_sum": self._sums.get("entropy_sum", 0.0), "tokens": tokens,
-               "grad_norm": optimizer.last_grad_norm, "learning_rate": lr}
-        out["skipped_groups"] = self._sums.get("skipped_groups", 0.0)
-        out["extra_rows"] = self._sums.get("extra_rows", 0.0)
-        out["trained_tokens"] = self._sums.get("trained_tokens", 0.0)
-        out["weight_export_seconds"] = getattr(self, "export_seconds", 0.0)  # of the weights this step trained
-        trained = max(out["trained_tokens"], 1.0)  # the objective's metrics cover these
-        out.update({k[:-len("_weighted")]: v / trained for k, v in self._sums.items() if k.endswith("_weighted")})
+        out = {key: self._sums.get(key, 0.0) for key in (m.LOSS_SUM, m.LEARNER_SECONDS, m.ENTROPY_SUM,
+                                                          m.SKIPPED_GROUPS, m.EXTRA_ROWS, m.TRAINED_TOKENS)}
+        out.update({m.NORMALIZER: normalizer, m.TOKENS: max(self._sums.get(m.TOKENS, 0.0), 1.0),
+                    m.GRAD_NORM: optimizer.last_grad_norm, m.LEARNING_RATE: lr,
+                    m.WEIGHT_EXPORT_SECONDS: getattr(self, "export_seconds", 0.0)})  # of the weights this step trained
+        trained = max(out[m.TRAINED_TOKENS], 1.0)  # the objective's metrics cover these
+        out.update({k[:-len(m.WEIGHTED)]: v / trained for k, v in self._sums.items() if k.endswith(m.WEIGHTED)})
         out.update(self.objective.log_metrics())  # adaptive state: clip bounds, temperatures
         self._reset_step_totals()
         return out
@@ -304,7 +298,14 @@ def checkpointing_wanted(setting: str, model) -> bool:
 
 def batch_advantages(objective, batch: TrainBatch) -> torch.Tensor:
     """``[B]`` per sequence, or ``[B, C]`` per token for turn-level objectives (each token takes
-    the advantage of its turn; environment tokens get 0)."""
+    the advantage of its turn; environment tokens get 0).
+
+    In a run these are the driver's (``Objective.assign_advantages``, once per step), carried by
+    the groups; groups that never went through the driver (a learner driven by hand) are
+    estimated here, from the micro-batch's own groups.
+    """
+    if batch.advantages is not None:
+        return batch.advantages
     if not objective.turn_level:
         return objective.compute_advantages(batch.rewards).reshape(-1)
     if batch.turn_rewards is None:  # single-turn groups are one-turn episodes

@@ -24,17 +24,29 @@ import torch
 
 from rlkit.advantages import group_relative
 from rlkit.data import RolloutGroup
+from rlkit.metric_names import ENTROPY
 from rlkit.objectives.aggregation import aggregate
 from rlkit.objectives.base import PolicyBatch
 from rlkit.objectives.grpo import GRPO, GRPOConfig, per_token_loss
 from rlkit.objectives.hooks import DriverState, ExtraRows, RunAccess
-from rlkit.plugins import objective
+from rlkit.plugins import objective, policy_loss
 
 TEMPERATURE_RULES = ("switch", "proportional")
+ENTROPY_MEASURES = ("sampled", "exact")
+# the learner's step mean of this metric (weighted by the tokens each micro-batch trained, main and
+# regularizer rows alike) is the official code's entropy estimate
+SAMPLED_ENTROPY = "aepo_sampled_entropy"
 
 
 @dataclass
 class AEPOConfig(GRPOConfig):
+    loss_type: str = field(default="dapo", metadata={
+        "help": "aggregation: dapo (token mean over the step's loss tokens: the official code's per-micro-"
+                "batch token mean), grpo (per-sequence token mean, then mean over sequences) or dr_grpo"})
+    entropy_measure: str = field(default="sampled", metadata={
+        "help": "what the controller compares with target_entropy: sampled (the official code: the token mean "
+                "of -log π(sampled token) over the step's main and regularizer rows, under the trained policy) "
+                "or exact (rlkit's: the exact entropy of the next-token distribution over the main rows only)"})
     target_entropy: float = field(default=0.5, metadata={
         "help": "H: the token-mean entropy (nats) of the trained policy to hold; the official code's "
                 "default is 0.5, the paper's best run used 0.75"})
@@ -88,6 +100,8 @@ class AEPOConfig(GRPOConfig):
         if self.regularizer_advantage_threshold < 0:
             raise ValueError("regularizer_advantage_threshold must be >= 0 (the regularizer is one-sided), "
                              f"got {self.regularizer_advantage_threshold}")
+        if self.entropy_measure not in ENTROPY_MEASURES:
+            raise ValueError(f"entropy_measure {self.entropy_measure!r} is not one of: {', '.join(ENTROPY_MEASURES)}")
 
 
 class TemperatureController:
@@ -155,6 +169,17 @@ class TemperatureController:
         self.updates = int(state["updates"])
 
 
+def sampled_entropy(batch: PolicyBatch, regularizer: RegularizerBatch | None) -> float:
+    """−mean log π_θ(sampled token) over the main and regularizer loss tokens: the official code's
+    entropy estimate (unbiased for the policy's own samples; the tempered ones pull it away)."""
+    nll = -(batch.logprobs.detach() * batch.mask).sum()
+    tokens = batch.mask.sum()
+    if regularizer is not None and regularizer.logprobs.shape[0]:
+        nll = nll - (regularizer.logprobs.detach() * regularizer.mask).sum()
+        tokens = tokens + regularizer.mask.sum()
+    return float(nll / tokens.clamp(min=1))
+
+
 @dataclass
 class RegularizerBatch:
     """Regularizer samples of one micro-batch; per-token tensors are ``[R, T_r]`` over completion positions.
@@ -193,6 +218,16 @@ def eligible_regularizer_rows(rewards: torch.Tensor, threshold: float = 0.05) ->
     return torch.nonzero(advantages.reshape(-1) > threshold).reshape(-1)
 
 
+@policy_loss("tempered_reinforce")
+def regularizer_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, weights: torch.Tensor,
+                           config: GRPOConfig) -> torch.Tensor:
+    """Per-token REINFORCE regularizer on tempered samples: the clipped surrogate with the sample's
+    weight w_j as its advantage, the objective's clip range and no KL."""
+    rows = PolicyBatch(logprobs=logprobs, old_logprobs=old_logprobs, mask=torch.ones_like(logprobs), advantages=weights)
+    loss, _ = per_token_loss(rows, dataclasses.replace(config, beta=0.0))
+    return loss
+
+
 def regularizer_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor,
                          weights: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
     """Unnormalized REINFORCE regularizer, aggregated like the main loss (``config.loss_type``):
@@ -203,9 +238,7 @@ def regularizer_loss_sum(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mas
 
     No KL term: the README's regularizer is pure policy gradient; the KL (β) belongs to the GRPO part.
     """
-    rows = PolicyBatch(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask, advantages=weights)
-    loss, _ = per_token_loss(rows, dataclasses.replace(config, beta=0.0))
-    return aggregate(loss, mask, config.loss_type)
+    return aggregate(regularizer_token_loss(logprobs, old_logprobs, weights, config), mask, config.loss_type)
 
 
 @objective("aepo")
@@ -246,7 +279,7 @@ class AEPO(GRPO):
 
     def driver_state(self) -> DriverState:
         """The temperature controller, fed the step's measured entropy (:class:`EntropyControl`)."""
-        return EntropyControl(self.controller)
+        return EntropyControl(self.controller, self.config.entropy_measure)
 
     def combine_extra(self, batch: PolicyBatch, extra: PolicyBatch) -> PolicyBatch:
         """Regularizer rows ride apart from the main rows: REINFORCE with weight 1, ratio 1."""
@@ -261,6 +294,7 @@ class AEPO(GRPO):
         loss, metrics = super().loss_sum(batch)
         reg = getattr(batch, "regularizer", None)
         metrics["regularizer_token_share"] = 0.0
+        metrics[SAMPLED_ENTROPY] = sampled_entropy(batch, reg)
         if reg is None or reg.logprobs.shape[0] == 0:
             return loss, metrics
         if reg.weights.shape != reg.logprobs.shape[:1]:
@@ -304,11 +338,11 @@ class EntropyControl(DriverState):
     """AEPO's driver state: the temperature controller, updated with each step's token-mean entropy
     over all ranks (the policy's own samples only), and what it logs."""
 
-    def __init__(self, controller: TemperatureController):
-        self.controller = controller
+    def __init__(self, controller: TemperatureController, measure: str = "sampled"):
+        self.controller, self.measure = controller, measure
 
     def observe(self, step_stats: dict[str, float]) -> dict[str, float]:
-        self.controller.update(step_stats["entropy"])
+        self.controller.update(step_stats[SAMPLED_ENTROPY if self.measure == "sampled" else ENTROPY])
         values = {"aepo_temperature": self.controller.temperature,
                   "aepo_below_target": float(self.controller.below_target)}
         if self.controller.last_entropy is not None:

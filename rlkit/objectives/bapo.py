@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from rlkit.advantages import group_relative
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
+from rlkit.objectives.losses import clipped_surrogate
 from rlkit.plugins import objective
 
 CONTRIBUTIONS = ("gradient", "surrogate")
@@ -42,6 +42,8 @@ class BAPOConfig:
                 "dr_grpo (token sum / (sequences x max_completion_length))"})
     scale_rewards: bool = field(default=True, metadata={
         "help": "GRPO advantages: divide group-centred rewards by the group's std + 1e-4"})
+    advantage_estimator: str = field(default="group_relative", metadata={
+        "help": "advantage estimator (rlkit list estimators): group_relative (GRPO's) by default, e.g. rloo"})
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -145,15 +147,9 @@ def policy_ratio(batch: PolicyBatch) -> torch.Tensor:
 
 
 def per_token_loss(batch: PolicyBatch, clip_low: float, clip_high: float) -> tuple[torch.Tensor, dict]:
-    """ℓ_t = −min(r_t·A, clip(r_t, c_low, c_high)·A), and per-token diagnostics."""
-    ratio = policy_ratio(batch)
-    advantages = batch.advantages.unsqueeze(1)
-    loss = -torch.min(ratio * advantages, torch.clamp(ratio, clip_low, clip_high) * advantages)
-    # the clip zeroes a token's gradient only on the side its advantage pushes toward
-    low = ((ratio < clip_low) & (advantages < 0)).to(loss.dtype)
-    high = ((ratio > clip_high) & (advantages > 0)).to(loss.dtype)
-    return loss, {"clip_fraction_low": low, "clip_fraction_high": high, "clip_fraction": low + high,
-                  "ratio_mean": ratio.detach()}
+    """ℓ_t = −min(r_t·A, clip(r_t, c_low, c_high)·A) (r's log clamped to ±20), and per-token diagnostics."""
+    return clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, clip_low, clip_high,
+                             max_log_ratio=MAX_LOG_RATIO)
 
 
 @objective("bapo")
@@ -207,9 +203,6 @@ class BAPO(Objective):
 
     def zero_advantage_is_inert(self) -> bool:
         return True  # A = 0 gives ℓ = 0 with zero gradient and no contribution to ρ
-
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        return group_relative(rewards, scale=self.config.scale_rewards)
 
     def search(self, batch: PolicyBatch) -> ClipBounds:
         """The bounds for this micro-batch, from its own detached ratios, advantages and π_old."""

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from rlkit.data import RolloutGroup
+from rlkit.objectives.estimators import estimator_named, is_turn_level
 from rlkit.objectives.hooks import DriverState, ExtraRows, RunAccess
 from rlkit.typecheck import BadValue, check_value, type_name
 
@@ -43,6 +45,8 @@ class PolicyBatch:
     # log-probs stored with the extra rows when they were collected (e.g. under the initial policy);
     # 0 on the step's own rows; None when no row carries any
     stored_logprobs: torch.Tensor | None = None
+    # [B, T] the turn of each token in multi-turn episodes (0-based; 0 on padding); None when single-turn
+    token_turns: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,12 +65,19 @@ class Objective(abc.ABC):
     config_class: ClassVar[type] = object
     # whether ``rollout.dynamic_sampling: auto`` drops zero-variance groups and samples more (DAPO)
     dynamic_sampling_by_default: ClassVar[bool] = False
-    # True: advantages are computed per turn of multi-turn episodes (compute_turn_advantages) and
-    # reach loss_sum as [B, T] per token; single-turn groups are then one-turn episodes
-    turn_level: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
+        # the estimator half of the pairing, from the config's ``advantage_estimator`` key; an
+        # objective whose config has none overrides compute_advantages instead
+        name = getattr(config, "advantage_estimator", None)
+        self.estimator = estimator_named(name) if name is not None else None
+
+    @property
+    def turn_level(self) -> bool:
+        """True: advantages are computed per turn of multi-turn episodes (compute_turn_advantages)
+        and reach loss_sum as [B, T] per token; single-turn groups are then one-turn episodes."""
+        return self.estimator is not None and is_turn_level(self.estimator)
 
     # --- the two hooks past the loss (rlkit/objectives/hooks.py); both run on the driver only ----
 
@@ -97,16 +108,51 @@ class Objective(abc.ABC):
         """
         return False
 
-    @abc.abstractmethod
     def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """``[num_groups, G]`` rewards -> ``[num_groups, G]`` advantages."""
+        """``[num_groups, G]`` rewards -> ``[num_groups, G]`` advantages (the configured estimator)."""
+        if self.estimator is None:
+            raise NotImplementedError(f"{type(self).__name__}: its config has no advantage_estimator key; "
+                                      "add one or override compute_advantages")
+        if self.turn_level:  # a single-turn group is a group of one-turn episodes
+            one_turn = rewards.unsqueeze(-1)
+            return self.estimator(one_turn, torch.ones_like(one_turn, dtype=torch.bool), self.config).squeeze(-1)
+        return self.estimator(rewards, self.config)
 
     def compute_turn_advantages(self, turn_rewards: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
         """``[num_groups, G, T]`` per-turn rewards (0 where ``reached`` is False) -> per-turn advantages.
 
         Only called when ``turn_level`` is True.
         """
-        raise NotImplementedError(f"{type(self).__name__} has no turn-level advantages")
+        if not self.turn_level:
+            raise NotImplementedError(f"{type(self).__name__} has no turn-level advantages")
+        return self.estimator(turn_rewards, reached, self.config)
+
+    def assign_advantages(self, groups: list[RolloutGroup]) -> None:
+        """Compute the groups' advantages and store them on their rollouts (``Rollout.advantage``, or
+        ``turn_advantages`` for multi-turn episodes under a turn-level estimator).
+
+        The driver calls this once per step, as groups join it; the learner reads the stored values,
+        so a group's advantages are computed once, wherever its micro-batch is trained. Groups of
+        the same size are estimated together; estimators work within a group.
+        """
+        by_size: dict[int, list[RolloutGroup]] = {}
+        for group in groups:
+            by_size.setdefault(len(group.rollouts), []).append(group)
+        for same in by_size.values():
+            multi = [g for g in same if g.multi_turn] if self.turn_level else []
+            single = [g for g in same if not (self.turn_level and g.multi_turn)]
+            if single:
+                values = self.compute_advantages(torch.tensor([g.rewards for g in single], dtype=torch.float32))
+                for group, row in zip(single, values.tolist()):
+                    for rollout, value in zip(group.rollouts, row):
+                        rollout.advantage, rollout.turn_advantages = value, None
+            if multi:
+                turn_rewards, reached = _turn_tensors(multi)
+                values = self.compute_turn_advantages(turn_rewards, reached)
+                for g, group in enumerate(multi):
+                    for i, rollout in enumerate(group.rollouts):
+                        turns = int(reached[g, i].sum())
+                        rollout.advantage, rollout.turn_advantages = None, values[g, i, :turns].tolist()
 
     @abc.abstractmethod
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -135,7 +181,9 @@ class Objective(abc.ABC):
             behavior_logprobs=stack(batch.behavior_logprobs, extra.behavior_logprobs),
             entropy=stack(batch.entropy, extra.entropy), extra=flags,
             stored_logprobs=None if extra.stored_logprobs is None else stack(
-                torch.zeros_like(batch.logprobs).detach(), extra.stored_logprobs))
+                torch.zeros_like(batch.logprobs).detach(), extra.stored_logprobs),
+            token_turns=None if batch.token_turns is None else stack(
+                batch.token_turns, torch.zeros_like(extra.logprobs, dtype=batch.token_turns.dtype)))
 
     def state_dict(self) -> dict[str, Any]:
         """Learner-side adaptive state (e.g. clip bounds searched on the micro-batches), saved in
@@ -148,6 +196,20 @@ class Objective(abc.ABC):
     def log_metrics(self) -> dict[str, float]:
         """Per-step values of learner-side adaptive state to log (empty for stateless objectives)."""
         return {}
+
+
+def _turn_tensors(groups: list[RolloutGroup]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, G, T]`` per-turn rewards (0 past an episode's last turn) and which turns were reached;
+    a single-turn rollout is a one-turn episode."""
+    per_turn = [[r.turn_rewards if r.turn_rewards is not None else [r.reward] for r in g.rollouts] for g in groups]
+    width = max(len(turns) for group in per_turn for turns in group)
+    rewards = torch.zeros((len(groups), len(per_turn[0]), width), dtype=torch.float32)
+    reached = torch.zeros(rewards.shape, dtype=torch.bool)
+    for g, group in enumerate(per_turn):
+        for i, turns in enumerate(group):
+            rewards[g, i, :len(turns)] = torch.tensor(turns, dtype=torch.float32)
+            reached[g, i, :len(turns)] = True
+    return rewards, reached
 
 
 def per_token(advantages: torch.Tensor) -> torch.Tensor:
@@ -168,7 +230,9 @@ def objective_from_config(name: str, params: dict[str, Any]) -> Objective:
 def check_objective_params(name: str, params: dict[str, Any]) -> None:
     """What :func:`objective_from_config` checks, without building the objective."""
     cls = _objective_class(name)
-    build_config(cls.config_class, params, owner=f"objective {name!r}")
+    config = build_config(cls.config_class, params, owner=f"objective {name!r}")
+    if getattr(config, "advantage_estimator", None) is not None:
+        estimator_named(config.advantage_estimator)
 
 
 def makes_extra_rows(cls: type[Objective]) -> bool:

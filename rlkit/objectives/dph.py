@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlkit.advantages import group_relative
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
 from rlkit.objectives.dph_rehearsal import RehearsalRows
 from rlkit.objectives.hooks import ExtraRows, RunAccess
 from rlkit.objectives.grpo import GRPOConfig, per_token_loss
-from rlkit.plugins import objective
+from rlkit.plugins import objective, policy_loss
 
 DIVERGENCES = ("forward_kl", "js", "reverse_kl")
 FORWARD_KL_ESTIMATORS = ("k3", "k1")
@@ -52,6 +51,8 @@ class DPHConfig:
                 "dr_grpo (token sum / (sequences x max_completion_length))"})
     scale_rewards: bool = field(default=True, metadata={
         "help": "divide group-centred rewards of exploration groups by the group's std + 1e-4"})
+    advantage_estimator: str = field(default="group_relative", metadata={
+        "help": "advantage estimator of the exploration groups (rlkit list estimators): group_relative by default"})
     pass_threshold: float = field(default=0.75, metadata={
         "help": "split rule: a prompt whose pass rate under π0 is >= this joins the rehearsal set "
                 "(0.75 = 6 of 8, the paper's Llama setting; 0.875 = 7 of 8 for Qwen)"})
@@ -110,6 +111,7 @@ def _log_ratio(logprobs: torch.Tensor, init_logprobs: torch.Tensor) -> torch.Ten
     return torch.clamp(logprobs - init_logprobs, max=MAX_LOG_RATIO)
 
 
+@policy_loss("forward_kl_to_initial")
 def forward_kl_term(logprobs: torch.Tensor, init_logprobs: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """KL(π0‖πθ): k3 = u − 1 − log u (the official code's estimator), k1 = −log u = log π0 − log πθ.
 
@@ -123,6 +125,7 @@ def forward_kl_term(logprobs: torch.Tensor, init_logprobs: torch.Tensor, estimat
     return torch.exp(log_u) - log_u - 1
 
 
+@policy_loss("js_to_initial")
 def js_term(logprobs: torch.Tensor, init_logprobs: torch.Tensor) -> torch.Tensor:
     """2·D_JS generator, the official code's ``js_low_var``: u log u − (u + 1) log((u + 1)/2).
 
@@ -135,6 +138,7 @@ def js_term(logprobs: torch.Tensor, init_logprobs: torch.Tensor) -> torch.Tensor
     return u * log_u - (u + 1) * (torch.log1p(u) - math.log(2.0))
 
 
+@policy_loss("reverse_kl_to_initial")
 def reverse_kl_term(logprobs: torch.Tensor, init_logprobs: torch.Tensor) -> torch.Tensor:
     """KL(πθ‖π0) generator on π0's samples: u log u − u + 1 (gradient u·log u).
 
@@ -231,10 +235,6 @@ class DPH(Objective):
 
     def zero_advantage_is_inert(self) -> bool:
         return False  # rehearsal rows carry a gradient whatever their advantage
-
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Exploration groups only; rehearsal rows are not scored and their advantages are ignored."""
-        return group_relative(rewards, scale=self.config.scale_rewards)
 
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch.mask.bool()

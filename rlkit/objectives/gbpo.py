@@ -7,13 +7,14 @@ bounded-ratio problem, ρ* = 1 ± ε, with an |advantage|-weighted absolute (tot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from rlkit.advantages import group_relative
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
-from rlkit.objectives.base import Objective, PolicyBatch, StepStats
-from rlkit.plugins import objective
+from rlkit.objectives.base import Objective, PolicyBatch, StepStats, per_token
+from rlkit.plugins import advantage_estimator, objective, policy_loss
 
 
 @dataclass
@@ -31,6 +32,9 @@ class GBPOConfig:
     scale_rewards: bool = field(default=True, metadata={
         "help": "divide group-centred rewards by the group's std + 1e-4 for the weight |A_i| "
                 "(False = Dr. GRPO's centring only)"})
+    advantage_estimator: str = field(default="gbpo_median", metadata={
+        "help": "advantage estimator (rlkit list estimators): gbpo_median (sign from the group median, "
+                "weight |A_i|) by default; another one's sign then picks the bound"})
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -40,6 +44,12 @@ class GBPOConfig:
                              f"ratio below 1, got {self.epsilon}")
         if self.epsilon_high is not None and not self.epsilon_high > 0:
             raise ValueError(f"epsilon_high must be > 0 (or None for epsilon), got {self.epsilon_high}")
+
+
+@advantage_estimator("gbpo_median")
+def gbpo_median_estimator(rewards: torch.Tensor, config: Any) -> torch.Tensor:
+    """GBPO's signed weights (:func:`signed_weights`), scaled as ``config.scale_rewards`` says."""
+    return signed_weights(rewards, scale=getattr(config, "scale_rewards", True))
 
 
 def signed_weights(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
@@ -55,14 +65,15 @@ def signed_weights(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
     return torch.sign(rewards - median).to(advantages.dtype) * advantages.abs()
 
 
+@policy_loss("bounded_ratio")
 def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, weights: torch.Tensor,
                    eps_low: float, eps_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ℓ_t = |w| · |ρ_t − ρ*| with ρ* = 1+ε_high (w > 0) or 1−ε_low (w < 0), and per-token diagnostics.
 
-    ``weights`` is ``[B]`` (one w per sequence); tensors over tokens are ``[B, T]``.
+    ``weights`` is ``[B]`` (one w per sequence) or ``[B, T]``; tensors over tokens are ``[B, T]``.
     """
     ratio = torch.exp(logprobs - old_logprobs)
-    w = weights.unsqueeze(1).to(ratio.dtype)
+    w = per_token(weights).to(ratio.dtype)
     target = torch.where(w > 0, ratio.new_tensor(1 + eps_high), ratio.new_tensor(1 - eps_low)).expand_as(ratio)
     loss = w.abs() * (ratio - target).abs()
     ratio = ratio.detach()
@@ -121,9 +132,6 @@ class GBPO(Objective):
 
     def zero_advantage_is_inert(self) -> bool:
         return True  # ℓ = |w|·|ρ − ρ*| is exactly 0, and so is its gradient, when w = 0
-
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        return signed_weights(rewards, scale=self.config.scale_rewards)
 
     def bounds(self) -> tuple[float, float]:
         """(ε_low, ε_high)."""

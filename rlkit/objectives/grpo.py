@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlkit.advantages import group_relative
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
-from rlkit.objectives.base import Objective, PolicyBatch, StepStats, per_token
+from rlkit.objectives.base import Objective, PolicyBatch, StepStats
+from rlkit.objectives.losses import clipped_surrogate, k3_kl
 from rlkit.plugins import objective
 
 
@@ -26,6 +26,9 @@ class GRPOConfig:
                 "dapo (token sum / loss tokens of the step), dr_grpo (token sum / (sequences x max_completion_length))"})
     scale_rewards: bool = field(default=True, metadata={
         "help": "divide group-centred rewards by the group's std + 1e-4, as TRL (False = Dr. GRPO)"})
+    advantage_estimator: str = field(default="group_relative", metadata={
+        "help": "advantage estimator (rlkit list estimators): group_relative (GRPO's, with scale_rewards), "
+                "rloo, gbpo_median, trloo (turn level), or a plugin's"})
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -42,22 +45,13 @@ def per_token_loss(batch: PolicyBatch, config: GRPOConfig) -> tuple[torch.Tensor
     """ℓ_t = −min(ρ_t·A, clip(ρ_t, 1−ε_low, 1+ε_high)·A) + β·kl_t, and per-token diagnostics."""
     eps_low = config.epsilon
     eps_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
-    ratio = torch.exp(batch.logprobs - batch.old_logprobs)
-    advantages = per_token(batch.advantages)
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    loss = -torch.min(ratio * advantages, clipped * advantages)
-    # the clip "binds" (zeroes the token's gradient) only on the side the advantage pushes toward
-    clip_low = ((ratio < 1 - eps_low) & (advantages < 0)).float()
-    clip_high = ((ratio > 1 + eps_high) & (advantages > 0)).float()
-    parts = {"clip_fraction_low": clip_low, "clip_fraction_high": clip_high,
-             "clip_fraction": clip_low + clip_high, "ratio_mean": ratio.detach()}
+    loss, parts = clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, 1 - eps_low, 1 + eps_high)
     if config.beta > 0:
         if batch.ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs in the batch")
-        delta = batch.ref_logprobs - batch.logprobs
-        kl = torch.exp(delta) - delta - 1  # k3: unbiased estimate of KL(π_θ‖π_ref), always >= 0
+        kl, kl_parts = k3_kl(batch.logprobs, batch.ref_logprobs)
         loss = loss + config.beta * kl
-        parts["kl"] = kl.detach()
+        parts.update(kl_parts)
     return loss, parts
 
 
@@ -89,9 +83,6 @@ class GRPO(Objective):
 
     def zero_advantage_is_inert(self) -> bool:
         return self.config.beta == 0  # ℓ = −min(ρA, clip(ρ)A) is 0 with its gradient when A = 0
-
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        return group_relative(rewards, scale=self.config.scale_rewards)
 
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         loss, parts = per_token_loss(batch, self.config)

@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
-
-from rlkit.advantages import leave_one_out
 from rlkit.objectives.grpo import GRPO, GRPOConfig
 from rlkit.plugins import objective
 
@@ -66,6 +63,8 @@ class DrGRPO(GRPO):
 
 @dataclass
 class RLOOConfig(GRPOConfig):
+    advantage_estimator: str = field(default="rloo", metadata={
+        "help": "advantage estimator (rlkit list estimators): rloo (leave-one-out baseline) by default"})
     loss_type: str = field(default="dr_grpo", metadata={
         "help": "dr_grpo: each sequence's summed token loss, averaged over sequences (divided by the "
                 "constant max_completion_length), i.e. REINFORCE on whole sequences"})
@@ -83,6 +82,3 @@ class RLOO(GRPO):
 
     name = "rloo"
     config_class = RLOOConfig
-
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        return leave_one_out(rewards)

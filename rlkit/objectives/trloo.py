@@ -13,11 +13,14 @@ Decisions, from the paper's abstract and its official code (hkust-nlp/KernelGYM,
   advantage 0: the bias the paper removes.
 * Mismatch correction: the rollout engine's log-probs and the learner's can differ (kernels,
   precision). Per episode, the geometric mean of the ratio π_learner/π_rollout over its model
-  tokens must lie within [mismatch_low, mismatch_high] and no token's ratio may fall under
-  ``mismatch_veto``; otherwise the episode is left out of the loss (rejection, not reweighting).
-  The defaults are the paper recipe's (0.999, 1.001, 1e-4).
-* The policy loss is the clipped surrogate with clip-higher (ε 0.2 / 0.28, as the recipe),
-  token-level aggregation by default.
+  tokens must lie within [mismatch_low, mismatch_high], or the episode is left out of the loss;
+  a token whose ratio falls under ``mismatch_veto`` leaves its turn out (the official code keeps
+  each turn as a row of its own and vetoes rows). Rejection, not reweighting. The defaults are the
+  paper recipe's (0.999, 1.001, 1e-4).
+* The policy loss is the dual-clip surrogate with clip-higher (ε 0.2 / 0.28, c = 3, as the
+  recipe), aggregated ``seq-mean-token-sum`` as the recipe: each episode's token sum, averaged
+  over the step's episodes (officially over turn rows, with a constant denominator under dynamic
+  batching; rlkit's episode count per step is a constant too, so the two differ by a constant).
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlkit.advantages import leave_one_out
 from rlkit.objectives.aggregation import LOSS_TYPES, aggregate, step_normalizer, token_means
 from rlkit.objectives.base import Objective, PolicyBatch, StepStats
-from rlkit.objectives.grpo import GRPOConfig, per_token_loss
-from rlkit.plugins import objective
+from rlkit.objectives.losses import clipped_surrogate
+from rlkit.plugins import advantage_estimator, objective
 
 BASELINES = ("leave_one_out", "group_mean")
 MISMATCH_MODES = ("reject", "none")
@@ -46,15 +48,22 @@ class TRLOOConfig:
         "help": "divide advantages by the std of the returns at the turn + 1e-4 (GRPO-style scaling; not in TRLOO)"})
     epsilon: float = field(default=0.2, metadata={"help": "lower clip range ε_low"})
     epsilon_high: float = field(default=0.28, metadata={"help": "upper clip range ε_high (clip-higher)"})
-    loss_type: str = field(default="dapo", metadata={
-        "help": "aggregation: dapo (token sum / loss tokens of the step), grpo or dr_grpo"})
+    loss_type: str = field(default="seq_mean_token_sum", metadata={
+        "help": "aggregation: seq_mean_token_sum (each episode's token sum, averaged over the step's episodes: the "
+                "official code's seq-mean-token-sum), dapo (token sum / loss tokens of the step), grpo or dr_grpo"})
+    advantage_estimator: str = field(default="trloo", metadata={
+        "help": "advantage estimator (rlkit list estimators): trloo (turn level, with gamma, baseline and "
+                "scale_by_std) by default"})
     mismatch: str = field(default="reject", metadata={
         "help": "reject: leave out episodes whose rollout log-probs disagree with the learner's "
                 "(geometric-mean ratio outside [mismatch_low, mismatch_high], or a token under "
                 "mismatch_veto); none: no correction"})
     mismatch_low: float = field(default=0.999, metadata={"help": "lowest geometric-mean ratio kept"})
     mismatch_high: float = field(default=1.001, metadata={"help": "highest geometric-mean ratio kept"})
-    mismatch_veto: float = field(default=1e-4, metadata={"help": "a token ratio under this rejects its episode"})
+    mismatch_veto: float = field(default=1e-4, metadata={"help": "a token ratio under this rejects its turn"})
+    dual_clip: float | None = field(default=3.0, metadata={
+        "help": "c: a negative-advantage token's loss is capped at -c·A (verl's clip_ratio_c, as the recipe); "
+                "None = no cap"})
 
     def __post_init__(self):
         if self.baseline not in BASELINES:
@@ -67,6 +76,8 @@ class TRLOOConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not 0 < self.mismatch_low <= 1 <= self.mismatch_high:
             raise ValueError("need 0 < mismatch_low <= 1 <= mismatch_high")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ValueError(f"dual_clip must be > 1 (or None for no cap), got {self.dual_clip}")
 
 
 def turn_returns(turn_rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -114,16 +125,35 @@ def turn_advantages(turn_rewards: torch.Tensor, reached: torch.Tensor, config: T
     return advantages
 
 
+@advantage_estimator("trloo", turn_level=True)
+def trloo_estimator(turn_rewards: torch.Tensor, reached: torch.Tensor, config) -> torch.Tensor:
+    """:func:`turn_advantages` with the objective's gamma, baseline and scale_by_std (TRLOO's
+    defaults where the objective pairing it has no such keys)."""
+    if not isinstance(config, TRLOOConfig):
+        config = TRLOOConfig(**{key: getattr(config, key) for key in ("gamma", "baseline", "scale_by_std")
+                                if hasattr(config, key)})
+    return turn_advantages(turn_rewards, reached, config)
+
+
 def mismatch_keep(logprobs_learner: torch.Tensor, logprobs_rollout: torch.Tensor, mask: torch.Tensor,
-                  config: TRLOOConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``[B]`` bool rows kept, ``[B]`` geometric-mean ratio) of the rollout-vs-learner check."""
+                  config: TRLOOConfig, token_turns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``[B, T]`` bool tokens kept, ``[B]`` geometric-mean ratio) of the rollout-vs-learner check.
+
+    As the official code: an episode (a row) whose token-mean log-ratio puts the geometric mean
+    outside [mismatch_low, mismatch_high] is dropped whole; a token whose ratio is under
+    ``mismatch_veto`` drops its turn (every token of that turn, ``token_turns``; the whole row
+    when single-turn), not the episode.
+    """
     mask = mask.to(logprobs_learner.dtype)
     log_ratio = (logprobs_learner - logprobs_rollout).detach() * mask
     tokens = mask.sum(dim=1)
     geometric = torch.exp(log_ratio.sum(dim=1) / tokens.clamp(min=1))
-    vetoed = ((log_ratio < torch.log(torch.tensor(config.mismatch_veto))) & (mask > 0)).any(dim=1)
+    vetoed = (log_ratio < torch.log(torch.tensor(config.mismatch_veto))) & (mask > 0)
+    turns = torch.zeros_like(vetoed, dtype=torch.long) if token_turns is None else token_turns.long()
+    hit_turns = torch.zeros((vetoed.shape[0], int(turns.max()) + 1), dtype=torch.bool, device=vetoed.device)
+    hit_turns.scatter_reduce_(1, turns, vetoed, reduce="amax")
     inside = (geometric >= config.mismatch_low) & (geometric <= config.mismatch_high)
-    return inside & ~vetoed, geometric
+    return inside.unsqueeze(1) & ~hit_turns.gather(1, turns), geometric
 
 
 @objective("trloo")
@@ -143,27 +173,21 @@ class TRLOO(Objective):
 
     name = "trloo"
     config_class = TRLOOConfig
-    turn_level = True
 
     def zero_advantage_is_inert(self) -> bool:
         return True  # no term besides the advantage-weighted surrogate
 
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        return leave_one_out(rewards)  # the one-turn case of turn_advantages
-
-    def compute_turn_advantages(self, turn_rewards: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
-        return turn_advantages(turn_rewards, reached, self.config)
-
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
-        surrogate = GRPOConfig(epsilon=config.epsilon, epsilon_high=config.epsilon_high, loss_type=config.loss_type)
-        loss, parts = per_token_loss(batch, surrogate)
+        loss, parts = clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, 1 - config.epsilon,
+                                        1 + config.epsilon_high, dual_clip=config.dual_clip)
         mask = batch.mask.to(loss.dtype)
         metrics_mask = mask
         if config.mismatch == "reject" and batch.behavior_logprobs is not None:
-            keep, geometric = mismatch_keep(batch.old_logprobs, batch.behavior_logprobs, batch.mask, config)
-            mask = mask * keep.to(loss.dtype).unsqueeze(1)
-            parts["mismatch_rejected_tokens"] = (~keep).to(loss.dtype).unsqueeze(1).expand_as(loss)
+            keep, geometric = mismatch_keep(batch.old_logprobs, batch.behavior_logprobs, batch.mask, config,
+                                            batch.token_turns)
+            mask = mask * keep.to(loss.dtype)
+            parts["mismatch_rejected_tokens"] = (~keep).to(loss.dtype)
             parts["mismatch_ratio"] = geometric.unsqueeze(1).expand_as(loss)
         return aggregate(loss, mask, config.loss_type), token_means(parts, metrics_mask)
 

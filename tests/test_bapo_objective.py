@@ -23,6 +23,9 @@ def t(values) -> torch.Tensor:
 
 SMALL_GRID = dict(clip_low_start=0.6, clip_low_max=0.8, clip_low_step=0.1,  # c_low ∈ {0.6, 0.7, 0.8}
                   clip_high_start=1.2, clip_high_max=1.6, clip_high_step=0.2)  # c_high ∈ {1.2, 1.4, 1.6}
+# rlkit's reading of the paper (Algorithm 1: upper bound first; Eq. 5's gradient contribution; no
+# dual clip), an option since the defaults became the port's; the tests below pin it
+PAPER = dict(search_order="upper_first", dual_clip=None, contribution="gradient")
 
 
 def chosen_ratios(old: list[list[float]] | None = None) -> PolicyBatch:
@@ -33,7 +36,7 @@ def chosen_ratios(old: list[list[float]] | None = None) -> PolicyBatch:
 
 
 def bounds(batch: PolicyBatch, **params):
-    config = BAPOConfig(**{**SMALL_GRID, "weight_by_rollout_prob": False, **params})
+    config = BAPOConfig(**{**SMALL_GRID, **PAPER, "weight_by_rollout_prob": False, **params})
     return BAPO(config).search(batch)
 
 
@@ -95,7 +98,70 @@ def test_fixed_lower_bound_still_lets_the_upper_bound_move():
 def test_default_grids_end_exactly_at_the_maxima():
     assert bound_grid(1.2, 3.0, 0.05)[-2:] == [2.95, 3.0] and len(bound_grid(1.2, 3.0, 0.05)) == 37
     assert bound_grid(0.6, 0.9, 0.02)[-1] == 0.9 and len(bound_grid(0.6, 0.9, 0.02)) == 16
-    assert bound_grid(1.2, 1.3, 0.25) == [1.2]
+    assert bound_grid(1.2, 1.3, 0.25) == [1.2, 1.3]  # a move is min(c + δ, b): b is always reached
+
+
+# --- the port's search (the defaults), on its own worked example ----------------------------------
+
+
+def test_the_ports_search_and_loss_by_hand():
+    """Four one-token sequences (r, A): (1.8, +2), (0.55, +1), (0.7, −1), (1.6, −2); defaults.
+
+    Surrogate sums at the start (0.6, 1.2): P = 2·1.2 + 0.55 = 2.95, N = 0.7 + 3.2 = 3.9 (share
+    0.43 < 0.5). Lower bound first: c_low → 0.65, 0.7, 0.75, 0.8 only raises N (to 4.0); then c_high
+    rises until P = 2·c_high + 0.55 reaches N = 4.0: c_high = 1.75 (share 4.05 / 8.05 = 0.503;
+    1.70 gives 3.95 / 7.95 = 0.497). Losses −min(rA, clip(r)A): −3.5, −0.55, 0.8 (clipped at 0.8),
+    3.2; the dual clip (at most 3·|A|) binds on none. Token mean −0.05 / 4.
+    """
+    batch = worked_example()
+    bapo = objective_from_config("bapo", {})
+    found = bapo.search(batch)
+    assert (found.clip_low, found.clip_high) == (0.8, 1.75)
+    assert (found.positive, found.negative) == (pytest.approx(4.05), pytest.approx(4.0))
+    assert found.initial_share == pytest.approx(2.95 / 6.85)
+    loss, _ = bapo.loss_sum(batch)
+    assert loss.item() / 4 == pytest.approx(-0.0125)
+    # the paper's order reaches the target by c_high alone (c_low stays 0.6: N = 3.9, c_high = 1.7)
+    paper = objective_from_config("bapo", {"search_order": "upper_first"}).search(batch)
+    assert (paper.clip_low, paper.clip_high) == (0.6, 1.7)
+
+
+def worked_example(rows: slice = slice(None)) -> PolicyBatch:
+    ratios, advantages = t([[1.8], [0.55], [0.7], [1.6]])[rows], t([2.0, 1.0, -1.0, -2.0])[rows]
+    old = t([[math.log(0.10)], [math.log(0.40)], [math.log(0.50)], [math.log(0.05)]])[rows]  # no π_old weight
+    return PolicyBatch(logprobs=ratios.log() + old, old_logprobs=old, mask=torch.ones_like(ratios),
+                       advantages=advantages)
+
+
+def test_the_dual_clip_caps_a_stale_negative_token():
+    # A = −1, r = 4: −min(−4, −clip(4)) = 4, capped at 3 (no gradient); without the cap, 4
+    batch = PolicyBatch(logprobs=t([[math.log(4.0)]]), old_logprobs=t([[0.0]]), mask=t([[1.0]]), advantages=t([-1.0]))
+    capped, _ = objective_from_config("bapo", {}).loss_sum(batch)
+    assert capped.item() == pytest.approx(3.0)
+    plain, _ = objective_from_config("bapo", {"dual_clip": None}).loss_sum(batch)
+    assert plain.item() == pytest.approx(4.0)
+
+
+def _search_on_rank(rank: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    # rank 0 holds the two positive tokens of the worked example, rank 1 the two negative ones
+    found = objective_from_config("bapo", {}).search(worked_example(slice(0, 2) if rank == 0 else slice(2, 4)))
+    with open(f"{out_file}.{rank}", "w") as f:
+        f.write(f"{found.clip_low} {found.clip_high}")
+    dist.destroy_process_group()
+
+
+def test_p_and_n_are_summed_over_ranks_so_every_rank_picks_the_same_bounds(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_search_on_rank, args=(str(tmp_path / "init"), str(tmp_path / "bounds")), nprocs=2)
+    chosen = [(tmp_path / f"bounds.{rank}").read_text() for rank in range(2)]
+    # both ranks see the whole example's sums: the bounds of the single-process search
+    assert chosen == ["0.8 1.75", "0.8 1.75"]
+    alone = objective_from_config("bapo", {}).search(worked_example(slice(0, 2)))
+    assert (alone.clip_low, alone.clip_high) == (0.6, 1.2)  # on its own, rank 0 has no negatives: no move
 
 
 # --- the loss under the chosen bounds -------------------------------------------------------------
@@ -106,7 +172,7 @@ def test_loss_and_gradient_by_hand():
     # seq 0: −1, −1.5 | seq 1: 1, 0.75 | seq 2: max(0.65, 0.7) = 0.7 (clipped) | padding: nothing
     batch = chosen_ratios()
     batch.logprobs.requires_grad_(True)
-    params = {**SMALL_GRID, "positive_share_target": 0.55, "weight_by_rollout_prob": False}
+    params = {**SMALL_GRID, **PAPER, "positive_share_target": 0.55, "weight_by_rollout_prob": False}
     expected = {"grpo": -1.25 + 0.875 + 0.7, "dapo": -0.05, "dr_grpo": -0.05}
     for loss_type, value in expected.items():
         loss, metrics = objective_from_config("bapo", {**params, "loss_type": loss_type}).loss_sum(batch)
@@ -180,7 +246,7 @@ def test_matches_independent_numpy(seed, mode):
     grid = dict(clip_low_start=0.6, clip_low_max=0.9, clip_low_step=0.02,
                 clip_high_start=1.2, clip_high_max=3.0, clip_high_step=0.05)
     lo, hi, share, loss = numpy_bapo(logp, old, mask, adv, target, mode, weighted, 0.6, 0.9, 0.02, 1.2, 3.0, 0.05)
-    objective = objective_from_config("bapo", {**grid, "positive_share_target": target, "contribution": mode,
+    objective = objective_from_config("bapo", {**grid, **PAPER, "positive_share_target": target, "contribution": mode,
                                                "weight_by_rollout_prob": weighted, "loss_type": "dapo"})
     batch = PolicyBatch(logprobs=t(logp), old_logprobs=t(old), mask=t(mask), advantages=t(adv))
     found = objective.search(batch)
@@ -195,7 +261,7 @@ def test_bounds_stay_on_their_grids_within_the_ranges(seed):
     generator = torch.Generator().manual_seed(seed)
     ratio = torch.exp(torch.randn(8, 5, generator=generator, dtype=torch.float64) * 1.5)
     advantages = torch.randn(8, generator=generator, dtype=torch.float64)
-    config = BAPOConfig(positive_share_target=float(torch.rand(1, generator=generator)), clip_low_start=0.5,
+    config = BAPOConfig(**PAPER, positive_share_target=float(torch.rand(1, generator=generator)), clip_low_start=0.5,
                         clip_low_max=0.85, clip_low_step=0.03, clip_high_start=1.1, clip_high_max=2.0,
                         clip_high_step=0.07)
     found = search_clip_bounds(ratio, advantages, torch.ones(8, 5), config)
@@ -208,7 +274,7 @@ def test_bounds_stay_on_their_grids_within_the_ranges(seed):
 
 
 def test_each_micro_batch_is_searched_on_its_own_tokens():
-    params = {**SMALL_GRID, "positive_share_target": 0.55, "weight_by_rollout_prob": False}
+    params = {**SMALL_GRID, **PAPER, "positive_share_target": 0.55, "weight_by_rollout_prob": False}
     fresh = objective_from_config("bapo", params).loss_sum(chosen_ratios())[0].item()
     used = objective_from_config("bapo", params)
     other = chosen_ratios()
@@ -218,7 +284,7 @@ def test_each_micro_batch_is_searched_on_its_own_tokens():
 
 
 def test_log_metrics_are_step_means_and_the_achieved_share():
-    objective = objective_from_config("bapo", {**SMALL_GRID, "positive_share_target": 0.55,
+    objective = objective_from_config("bapo", {**SMALL_GRID, **PAPER, "positive_share_target": 0.55,
                                                "weight_by_rollout_prob": False})
     assert objective.log_metrics()["bapo_clip_high"] == 1.2  # before any search: the start bounds
     objective.loss_sum(chosen_ratios())  # → (0.7, 1.6), P = 2.5, N = 1.75; initially P = 1, N = 2.4
@@ -238,7 +304,7 @@ def test_log_metrics_are_step_means_and_the_achieved_share():
 
 
 def test_state_round_trip():
-    objective = objective_from_config("bapo", {**SMALL_GRID, "positive_share_target": 0.55,
+    objective = objective_from_config("bapo", {**SMALL_GRID, **PAPER, "positive_share_target": 0.55,
                                                "weight_by_rollout_prob": False})
     objective.loss_sum(chosen_ratios())
     logged = objective.log_metrics()
@@ -261,10 +327,12 @@ def test_registered_and_built_from_config():
     assert not objective.needs_reference() and objective.zero_advantage_is_inert()
 
 
-def test_paper_defaults():
+def test_defaults_are_the_ports():
     config = BAPOConfig()
     assert (config.positive_share_target, config.clip_low_start, config.clip_low_max, config.clip_high_start,
-            config.clip_high_max, config.clip_high_step, config.clip_low_step) == (0.4, 0.6, 0.9, 1.2, 3.0, 0.05, 0.02)
+            config.clip_high_max, config.clip_high_step, config.clip_low_step) == (0.5, 0.6, 0.8, 1.2, 2.0, 0.05, 0.05)
+    assert (config.contribution, config.weight_by_rollout_prob, config.search_order, config.reduce_over_ranks,
+            config.dual_clip, config.loss_type) == ("surrogate", False, "lower_first", True, 3.0, "dapo")
     fields = {name: text for name, _, _, text in objective_config_fields("bapo")}
     assert all(fields.values()) and "positive_share_target" in fields
 
@@ -279,6 +347,8 @@ def test_paper_defaults():
     ({"clip_high_max": 1.1}, "clip_high_start <= clip_high_max"),
     ({"contribution": "value"}, "'value' is not one of: gradient, surrogate"),
     ({"loss_type": "bnpo"}, "'bnpo' is not one of: grpo, dapo, dr_grpo"),
+    ({"search_order": "both"}, "'both' is not one of: lower_first, upper_first"),
+    ({"dual_clip": 0.5}, "dual_clip must be > 1"),
 ])
 def test_out_of_range_values_name_the_field(params, message):
     with pytest.raises(ValueError, match=message):

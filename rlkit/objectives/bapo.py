@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -14,31 +14,43 @@ from rlkit.objectives.losses import clipped_surrogate
 from rlkit.plugins import objective
 
 CONTRIBUTIONS = ("gradient", "surrogate")
+SEARCH_ORDERS = ("lower_first", "upper_first")
 MAX_LOG_RATIO = 20.0  # exp(±20) stays finite: a replayed token far off-policy cannot overflow the ratio
 
 
 @dataclass
 class BAPOConfig:
-    positive_share_target: float = field(default=0.4, metadata={
-        "help": "ρ0: the share of the loss contribution that positive-advantage tokens must reach (paper: 0.4)"})
+    # Defaults: the authors' verl port (WooooDyy/BAPO, recipe/bapo: policy_loss.py and the shipped
+    # config/bapo_trainer.yaml). The paper's reading (Eq. 5/8, Algorithm 1) is a set of options.
+    positive_share_target: float = field(default=0.5, metadata={
+        "help": "ρ0: the share P/(P+N) of the loss contribution that positive-advantage tokens must reach; "
+                "0.5 is the port's P/N target of 1 (a P/N target t is the share t/(1+t)); the paper uses 0.4"})
     clip_low_start: float = field(default=0.6, metadata={
         "help": "a−: the lower ratio bound c_low every search starts from"})
-    clip_low_max: float = field(default=0.9, metadata={
-        "help": "b−: the highest c_low the search may reach (must be < 1)"})
-    clip_low_step: float = field(default=0.02, metadata={"help": "δ2: the step c_low is raised by"})
+    clip_low_max: float = field(default=0.8, metadata={
+        "help": "b−: the highest c_low the search may reach (must be < 1; the paper: 0.9)"})
+    clip_low_step: float = field(default=0.05, metadata={"help": "δ2: the step c_low is raised by (the paper: 0.02)"})
     clip_high_start: float = field(default=1.2, metadata={
         "help": "a+: the upper ratio bound c_high every search starts from (must be > 1)"})
-    clip_high_max: float = field(default=3.0, metadata={"help": "b+: the highest c_high the search may reach"})
+    clip_high_max: float = field(default=2.0, metadata={
+        "help": "b+: the highest c_high the search may reach (the paper: 3.0)"})
     clip_high_step: float = field(default=0.05, metadata={"help": "δ1: the step c_high is raised by"})
-    contribution: str = field(default="gradient", metadata={
-        "help": "what a token contributes to ρ: gradient (|A|·r on tokens the clip leaves a gradient, "
-                "paper Eq. 5) or surrogate (|clipped surrogate| on every token, Eq. 8 as printed)"})
-    weight_by_rollout_prob: bool = field(default=True, metadata={
-        "help": "weight each token's contribution by π_old(token), as in Eq. 8 (False = the official "
-                "verl port, which weights tokens equally)"})
+    contribution: str = field(default="surrogate", metadata={
+        "help": "what a token contributes to ρ: surrogate (|clipped surrogate| on every token: Eq. 8 and the port) "
+                "or gradient (rlkit's reading of Eq. 5: |A|·r on tokens the clip leaves a gradient)"})
+    weight_by_rollout_prob: bool = field(default=False, metadata={
+        "help": "weight each token's contribution by π_old(token), as Eq. 8 prints it (the port does not)"})
+    search_order: str = field(default="lower_first", metadata={
+        "help": "lower_first (the port: c_low is raised to the target or its max, then c_high) or upper_first "
+                "(the paper's Algorithm 1: c_high first, then c_low)"})
+    reduce_over_ranks: bool = field(default=True, metadata={
+        "help": "sum P and N over the data-parallel learner ranks before comparing, so every rank picks the "
+                "same bounds (the port); false: each rank searches on its own micro-batch"})
+    dual_clip: float | None = field(default=3.0, metadata={
+        "help": "c: a negative-advantage token's loss is capped at -c·A (the port's verl clip_ratio_c); None = off"})
     loss_type: str = field(default="dapo", metadata={
         "help": "aggregation, as GRPO's: grpo (token mean per sequence, then mean over sequences), "
-                "dapo (token sum / loss tokens of the step), "
+                "dapo (token sum / loss tokens of the step: the port's token-mean), "
                 "dr_grpo (token sum / (sequences x max_completion_length))"})
     scale_rewards: bool = field(default=True, metadata={
         "help": "GRPO advantages: divide group-centred rewards by the group's std + 1e-4"})
@@ -50,6 +62,10 @@ class BAPOConfig:
             raise ValueError(f"loss_type {self.loss_type!r} is not one of: {', '.join(LOSS_TYPES)}")
         if self.contribution not in CONTRIBUTIONS:
             raise ValueError(f"contribution {self.contribution!r} is not one of: {', '.join(CONTRIBUTIONS)}")
+        if self.search_order not in SEARCH_ORDERS:
+            raise ValueError(f"search_order {self.search_order!r} is not one of: {', '.join(SEARCH_ORDERS)}")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ValueError(f"dual_clip must be > 1 (or None for no cap), got {self.dual_clip}")
         if not 0 <= self.positive_share_target <= 1:
             raise ValueError(f"positive_share_target must be in [0, 1], got {self.positive_share_target}")
         for name in ("clip_low_step", "clip_high_step"):
@@ -89,9 +105,11 @@ def share(positive: float, negative: float) -> float:
 
 
 def bound_grid(start: float, stop: float, step: float) -> list[float]:
-    """start, start+step, ... while <= stop: the values a bound takes (no float drift past stop)."""
+    """start, start+step, ... and then stop itself: the values a bound takes when each move is
+    ``c = min(c + step, stop)``, as the port moves it (no float drift past stop)."""
     count = math.floor((stop - start) / step + 1e-9)
-    return [min(round(start + k * step, 12), stop) for k in range(count + 1)]
+    grid = [min(round(start + k * step, 12), stop) for k in range(count + 1)]
+    return grid if grid[-1] >= stop - 1e-12 else grid + [stop]
 
 
 def _side_sums(ratio, magnitude, selected, bounds, upper: bool, mode: str) -> torch.Tensor:
@@ -108,12 +126,16 @@ def _side_sums(ratio, magnitude, selected, bounds, upper: bool, mode: str) -> to
 
 
 def search_clip_bounds(ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, config: BAPOConfig,
-                       weight: torch.Tensor | None = None) -> ClipBounds:
+                       weight: torch.Tensor | None = None,
+                       reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ClipBounds:
     """Algorithm 1's bound search on one batch of tokens (detached; one host sync).
 
     ``ratio``, ``mask``, ``weight`` are ``[B, T]``; ``advantages`` is ``[B]`` or ``[B, T]``.
-    The search walks c_high up its grid with c_low = a−, then c_low up its grid with c_high at its
-    last value, and stops at the first point where ρ >= ρ0 (or at the end of the walk).
+    Every candidate's P(c_high) and N(c_low) is computed at once (P depends only on c_high, N only
+    on c_low), summed over ranks by ``reduce`` when given (one collective), and the walk is read
+    off them. ``search_order`` lower_first walks c_low up its grid with c_high = a+, then c_high up
+    with c_low at its last value; upper_first the other way round. The walk stops at the first
+    point where ρ >= ρ0, or at its end.
     """
     ratio = ratio.detach().double()
     advantages = advantages.detach().double()
@@ -127,18 +149,34 @@ def search_clip_bounds(ratio: torch.Tensor, advantages: torch.Tensor, mask: torc
     lows = bound_grid(config.clip_low_start, config.clip_low_max, config.clip_low_step)
     positive = _side_sums(ratio, magnitude, advantages > 0, highs, True, config.contribution)  # P(c_high)
     negative = _side_sums(ratio, magnitude, advantages < 0, lows, False, config.contribution)  # N(c_low)
-    # the walk: (a−, highs[0..]) then (lows[1..], highs[-1]); P depends only on c_high, N only on c_low
-    walk_p = torch.cat([positive, positive[-1:].expand(len(lows) - 1)])
-    walk_n = torch.cat([negative[:1].expand(len(highs)), negative[1:]])
+    if reduce is not None:
+        positive, negative = reduce(torch.cat([positive, negative])).split([len(highs), len(lows)])
+    if config.search_order == "upper_first":  # (a−, highs[0..]) then (lows[1..], highs[-1])
+        walk = [(0, h) for h in range(len(highs))] + [(lo, len(highs) - 1) for lo in range(1, len(lows))]
+    else:  # (lows[0..], a+) then (lows[-1], highs[1..])
+        walk = [(lo, 0) for lo in range(len(lows))] + [(len(lows) - 1, h) for h in range(1, len(highs))]
+    low_index = torch.tensor([lo for lo, _ in walk])
+    high_index = torch.tensor([h for _, h in walk])
+    walk_p, walk_n = positive[high_index], negative[low_index]
     total = walk_p + walk_n
     rho = torch.where(total > 0, walk_p / total.clamp(min=1e-300), torch.ones_like(total))
     unmet = rho < config.positive_share_target
     index = unmet.long().cumprod(0).sum().clamp(max=len(rho) - 1)  # first point that meets ρ0, else the last
     idx, p, n, p0, n0 = torch.stack([index.double(), walk_p[index], walk_n[index], walk_p[0], walk_n[0]]).tolist()
-    idx = int(idx)
-    low = lows[0] if idx < len(highs) else lows[idx - len(highs) + 1]
-    return ClipBounds(clip_low=low, clip_high=highs[min(idx, len(highs) - 1)], positive=p, negative=n,
+    low, high = walk[int(idx)]
+    return ClipBounds(clip_low=lows[low], clip_high=highs[high], positive=p, negative=n,
                       initial_positive=p0, initial_negative=n0)
+
+
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the data-parallel ranks (itself when torch.distributed is not running)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    summed = values.clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed
 
 
 def policy_ratio(batch: PolicyBatch) -> torch.Tensor:
@@ -146,10 +184,12 @@ def policy_ratio(batch: PolicyBatch) -> torch.Tensor:
     return torch.exp((batch.logprobs - batch.old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
 
 
-def per_token_loss(batch: PolicyBatch, clip_low: float, clip_high: float) -> tuple[torch.Tensor, dict]:
-    """ℓ_t = −min(r_t·A, clip(r_t, c_low, c_high)·A) (r's log clamped to ±20), and per-token diagnostics."""
+def per_token_loss(batch: PolicyBatch, clip_low: float, clip_high: float,
+                   dual_clip: float | None = None) -> tuple[torch.Tensor, dict]:
+    """ℓ_t = −min(r_t·A, clip(r_t, c_low, c_high)·A), capped at −c·A for A < 0 when ``dual_clip``
+    is given (r's log clamped to ±20), and per-token diagnostics."""
     return clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, clip_low, clip_high,
-                             max_log_ratio=MAX_LOG_RATIO)
+                             max_log_ratio=MAX_LOG_RATIO, dual_clip=dual_clip)
 
 
 @objective("bapo")
@@ -157,38 +197,34 @@ class BAPO(Objective):
     """BAPO (Xi et al., 2025, arXiv 2510.18927): clipped policy gradient with per-batch adaptive bounds.
 
     For token t of completion o_i (advantage A_i, GRPO's), π_old = ``old_logprobs`` (the behavior
-    policy off-policy, the current weights on-policy), w_t = π_old(o_t) (1 if weight_by_rollout_prob=false):
+    policy off-policy, the current weights on-policy), w_t = π_old(o_t) when weight_by_rollout_prob, else 1:
 
         r_t = exp(clamp(log π_θ(o_t) − log π_old(o_t), −20, 20))
-        ℓ_t = −min(r_t·A_i, clip(r_t, c_low, c_high)·A_i)
-        g_t = w_t·|A_i|·r_t·𝕀[A_i>0 & r_t<c_high  or  A_i<0 & r_t>c_low]      (contribution=gradient)
+        ℓ_t = −min(r_t·A_i, clip(r_t, c_low, c_high)·A_i),   at most −c·A_i when A_i < 0 (dual clip c)
         g_t = w_t·|min(r_t·A_i, clip(r_t, c_low, c_high)·A_i)|                 (contribution=surrogate)
+        g_t = w_t·|A_i|·r_t·𝕀[A_i>0 & r_t<c_high  or  A_i<0 & r_t>c_low]      (contribution=gradient)
         ρ(c_low, c_high) = Σ_{A>0} g_t / Σ_{A≠0} g_t   (1 when the sum is 0)
 
-    Before each micro-batch's loss (Algorithm 1): c_low = a−, c_high = a+; while ρ < ρ0: raise c_high
-    by δ1 if that stays <= b+, else raise c_low by δ2 if that stays <= b−, else stop. The loss is
-    then aggregated by ``loss_type`` exactly as GRPO's (``loss_sum`` / ``normalizer``).
+    Before each micro-batch's loss: c_low = a−, c_high = a+; the sums are taken over every rank's
+    micro-batch of the same index (reduce_over_ranks); then, lower_first (the port): raise c_low by
+    δ2 until ρ >= ρ0 or c_low = b−, then c_high by δ1 until ρ >= ρ0 or c_high = b+; upper_first
+    (Algorithm 1): c_high first, then c_low. The loss is aggregated by ``loss_type`` as GRPO's.
 
-    Decisions (sources: paper §4.2 Eq. 5, Eq. 8, Algorithm 1, §5.1; official port WooooDyy/BAPO
-    ``recipe/bapo/policy_loss.py``):
-    - ρ is a share in [0, 1] (Eq. 8; ρ0 = 0.4, §5.1). The port targets P/N instead
-      (``adv_ratio_target``); a P/N target t is the share t/(1+t).
-    - contribution=gradient by default. Eq. 8 prints the clipped surrogate's value, under which a
-      clipped negative token counts c_low·|A|, so raising c_low (Algorithm 1 line 15) *lowers* ρ and
-      always runs to b−. Eq. 5 and §4.2 ("filters out more low-probability negative tokens") count
-      only tokens that keep a gradient; with that reading both moves raise ρ. ``surrogate`` keeps
-      Eq. 8 as printed, which is also what the port measures.
-    - w_t = π_old(o_t) (Eq. 8's π_rollout factor; note w_t·r_t = π_θ(o_t), Eq. 5's factor). The port omits it.
-    - Upper bound first, then lower (Algorithm 1 lines 12-15). The port raises the lower bound first.
-    - Every search restarts from (a−, a+) (Algorithm 1 line 9, and the port); no bound carries
-      over between batches, so ``state_dict`` only keeps the last logged values.
-    - "The batch" is one ``loss_sum`` call: this rank's micro-batch, searched on its own detached
-      ratios and advantages before its loss (the port searches per verl micro-batch too; it
-      all-reduces P and N over data-parallel ranks, which an rlkit objective cannot).
-    - Algorithm 1's loop also requires c_low + δ2 <= b−, which freezes c_high when a− = b−; here the
-      walk stops only when neither bound can move (identical whenever a− + δ2 <= b−).
-    - Bounds are a + k·δ, never past b; defaults are §5.1's. loss_type=dapo is the port's verl
-      token-mean. No dual clip (verl's clip_ratio_c in the port, not in the paper) and no KL (§5.1: 0).
+    Defaults reproduce the authors' verl port (WooooDyy/BAPO ``recipe/bapo/policy_loss.py`` and its
+    shipped ``config/bapo_trainer.yaml``): surrogate contribution without π_old weights, ρ0 = 0.5
+    as a share (the port's P/N target 1), c_low 0.6→0.8 and c_high 1.2→2.0 in steps of 0.05, lower
+    bound first, P and N all-reduced over data-parallel ranks, dual clip c = 3, ±20 log-ratio
+    clamp, token-mean aggregation, no KL. Notes (docs/objectives/bapo.md has the whole account):
+    - Under surrogate contributions raising c_low can only raise N (a clipped negative token counts
+      c_low·|A|), so the port's first loop never meets the target: c_low ends at b− whenever the
+      start misses ρ0, and c_high does the work. That is the port's behaviour, kept as its default.
+    - The paper's reading is a set of options: ``contribution: gradient`` (rlkit's reading of Eq. 5
+      and §4.2, "filters out more low-probability negative tokens": only tokens the clip leaves a
+      gradient count, so both moves raise ρ), ``weight_by_rollout_prob: true`` (Eq. 8's π_rollout
+      factor), ``search_order: upper_first`` (Algorithm 1), ρ0 0.4 and ranges [0.6, 0.9] step 0.02,
+      [1.2, 3.0] step 0.05 (§5.1), ``dual_clip: null``.
+    - A move is c = min(c + δ, b), so b is always reached (the port's loop); every search restarts
+      from (a−, a+), so no bound carries over and ``state_dict`` only keeps the last logged values.
     """
 
     name = "bapo"
@@ -208,13 +244,14 @@ class BAPO(Objective):
         """The bounds for this micro-batch, from its own detached ratios, advantages and π_old."""
         with torch.no_grad():
             weight = torch.exp(batch.old_logprobs) if self.config.weight_by_rollout_prob else None
-            return search_clip_bounds(policy_ratio(batch), batch.advantages, batch.mask, self.config, weight)
+            reduce = sum_over_ranks if self.config.reduce_over_ranks else None
+            return search_clip_bounds(policy_ratio(batch), batch.advantages, batch.mask, self.config, weight, reduce)
 
     def loss_sum(self, batch: PolicyBatch) -> tuple[torch.Tensor, dict[str, float]]:
         bounds = self.search(batch)
         if bounds.positive + bounds.negative > 0:  # an all-zero-advantage batch tells nothing
             self._searches.append(bounds)
-        loss, parts = per_token_loss(batch, bounds.clip_low, bounds.clip_high)
+        loss, parts = per_token_loss(batch, bounds.clip_low, bounds.clip_high, self.config.dual_clip)
         mask = batch.mask.to(loss.dtype)
         return aggregate(loss, mask, self.config.loss_type), token_means(parts, mask)
 

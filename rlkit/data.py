@@ -35,6 +35,7 @@ class Rollout:
     # one per turn the model took (turn-level estimators on multi-turn episodes); None before that
     advantage: float | None = None
     turn_advantages: list[float] | None = None
+    advantage_extras: dict[str, float] | None = None  # other per-sequence values of the estimator
 
     @property
     def num_generated_tokens(self) -> int:
@@ -99,6 +100,7 @@ class TrainBatch:
     # the driver's advantages, when every row has one: [B], or [B, C] per token (each token its
     # turn's advantage, 0 off the loss mask) when any row has per-turn ones
     advantages: torch.Tensor | None = None
+    advantage_extras: dict[str, torch.Tensor] | None = None  # [B] each, when every row has the same ones
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -148,6 +150,10 @@ class TrainBatch:
         if any(g.multi_turn for g in groups):
             _add_turns(batch, groups, [r for _, r in rows])
         batch.advantages = _advantages(batch, [r for _, r in rows])
+        names = {tuple(sorted(r.advantage_extras or ())) for _, r in rows}
+        if len(names) == 1 and names != {()}:
+            batch.advantage_extras = {name: torch.tensor([r.advantage_extras[name] for _, r in rows],
+                                                         dtype=torch.float32) for name in names.pop()}
         if rows and all(r.stored_logprobs is not None for _, r in rows):
             batch.stored_logprobs = torch.zeros((len(rows), width_c), dtype=torch.float32)
             for i, (_, rollout) in enumerate(rows):

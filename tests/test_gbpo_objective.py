@@ -11,7 +11,7 @@ import torch
 from rlkit import plugins
 from rlkit.objectives import PolicyBatch, StepStats, objective_from_config
 from rlkit.objectives.base import objective_config_fields
-from rlkit.objectives.gbpo import GBPO, GBPOConfig, per_token_loss, signed_weights
+from rlkit.objectives.gbpo import TARGET, GBPO, GBPOConfig, per_token_loss, signed_weights, target_ratio
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
@@ -24,8 +24,13 @@ def close(tensor: torch.Tensor, expected) -> bool:
     return torch.allclose(tensor.detach(), t(expected), rtol=0, atol=1e-12)
 
 
+# rlkit's step reading (signed weights, ε = 0.3, no KL): an option since the defaults became the
+# official code's; the tests down to "the official defaults" pin it
+STEP_READING = dict(epsilon=0.3, temperature=0.0, beta=0.0, advantage_estimator="gbpo_signed")
+
+
 def gbpo(**params) -> GBPO:
-    return GBPO(GBPOConfig(**params))
+    return GBPO(GBPOConfig(**{**STEP_READING, **params}))
 
 
 def whole_batch_loss(objective: GBPO, batch: PolicyBatch) -> torch.Tensor:
@@ -227,12 +232,14 @@ def test_micro_batches_sum_to_the_whole_batch(loss_type):
 
 def test_registered_and_built_from_config():
     assert plugins.objectives.get("gbpo") is GBPO
-    objective = objective_from_config("gbpo", {"epsilon": 0.2, "epsilon_high": 0.28, "loss_type": "grpo"})
+    objective = objective_from_config("gbpo", {"epsilon": 0.2, "epsilon_high": 0.28, "loss_type": "grpo",
+                                               "beta": 0})
     assert isinstance(objective, GBPO)
-    assert objective.config == GBPOConfig(epsilon=0.2, epsilon_high=0.28, loss_type="grpo")
+    assert objective.config == GBPOConfig(epsilon=0.2, epsilon_high=0.28, loss_type="grpo", beta=0.0)
     assert objective.bounds() == (0.2, 0.28)
-    assert objective_from_config("gbpo", {}).bounds() == (0.3, 0.3)
+    assert objective_from_config("gbpo", {}).bounds() == (0.2, 0.2)
     assert not objective.needs_reference() and objective.state_dict() == {}
+    assert objective_from_config("gbpo", {}).needs_reference()  # the official KL, 0.001
 
 
 def test_unknown_key_and_wrong_type_name_the_field():
@@ -248,6 +255,7 @@ def test_unknown_key_and_wrong_type_name_the_field():
     ({"epsilon": 0.0}, "epsilon must be in"), ({"epsilon": 1.0}, "epsilon must be in"),
     ({"epsilon": -0.1}, "epsilon must be in"), ({"epsilon_high": 0.0}, "epsilon_high must be > 0"),
     ({"loss_type": "bnpo"}, "'bnpo' is not one of: grpo, dapo, dr_grpo"),
+    ({"temperature": -1.0}, "temperature must be >= 0"), ({"beta": -0.1}, "beta must be >= 0"),
 ])
 def test_out_of_range_values_are_refused(params, message):
     with pytest.raises(ValueError, match=message):
@@ -256,6 +264,82 @@ def test_out_of_range_values_are_refused(params, message):
 
 def test_config_fields_have_help():
     fields = {name: (default, text) for name, _, default, text in objective_config_fields("gbpo")}
-    assert list(fields) == ["epsilon", "epsilon_high", "loss_type", "scale_rewards", "advantage_estimator"]
-    assert fields["epsilon"][0] == 0.3 and fields["loss_type"][0] == "dapo"
+    assert list(fields) == ["epsilon", "epsilon_high", "temperature", "beta", "loss_type", "scale_rewards",
+                            "advantage_estimator"]
+    assert (fields["epsilon"][0], fields["temperature"][0], fields["beta"][0], fields["loss_type"][0],
+            fields["advantage_estimator"][0]) == (0.2, 1.0, 0.001, "dapo", "gbpo_median")
     assert all(text for _, text in fields.values())
+
+
+# --- the official defaults (the authors' code), on hand-computed examples ---------------------------
+# σ = unbiased std + 1e-6, m = interpolated median, ρ* = 1 − ε + 2ε·sigmoid(t/λ); each completion one
+# token at ratio 1.1, so its loss is |A|·|1.1 − ρ*| (ε = 0.3 here, as in the worked examples)
+
+
+def official(**params) -> GBPO:
+    return GBPO(GBPOConfig(**{"epsilon": 0.3, "beta": 0.0, **params}))
+
+
+def one_token_losses(objective: GBPO, rewards: list[float]) -> torch.Tensor:
+    advantages, extras = objective.estimate(t([rewards]))
+    rows = len(rewards)
+    batch = PolicyBatch(logprobs=torch.full((rows, 1), math.log(1.1), dtype=torch.float64),
+                        old_logprobs=torch.zeros(rows, 1, dtype=torch.float64), mask=torch.ones(rows, 1,
+                        dtype=torch.float64), advantages=advantages.reshape(-1),
+                        advantage_extras={k: v.reshape(-1) for k, v in extras.items()})
+    eps_low, eps_high = objective.bounds()
+    target = target_ratio(batch.advantage_extras[TARGET], eps_low, eps_high, objective.config.temperature)
+    loss, _ = per_token_loss(batch.logprobs, batch.old_logprobs, batch.advantages, eps_low, eps_high, target)
+    total, _ = objective.loss_sum(batch)  # dapo: the token sum
+    assert total.item() == pytest.approx(loss.sum().item())
+    return loss[:, 0]
+
+
+@pytest.mark.parametrize("temperature, expected", [
+    # A = ±0.866024 (σ = 0.577350), t = ±0.866024: λ = 1 → ρ* = 1.122351 and 0.877649
+    (1.0, [0.019356, 0.192561, 0.192561, 0.019356]),
+    # λ = 1e-4: the step, ρ* = 1.3 and 0.7
+    (1e-4, [0.173205, 0.346410, 0.346410, 0.173205]),
+])
+def test_official_soft_target_by_hand(temperature, expected):
+    losses = one_token_losses(official(temperature=temperature), [1.0, 0.0, 0.0, 1.0])
+    assert losses.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_official_target_is_the_median_side_and_the_weight_the_mean_side():
+    # rewards [1, 1, 0, 0.5]: mean 0.625, σ = 0.478714, median 0.75. The 0.5 completion is below the
+    # median (target < 1) with A = −0.261116; at λ = 1, t = −0.522232 → ρ* = 0.923398
+    losses = one_token_losses(official(), [1.0, 1.0, 0.0, 0.5])
+    assert losses.tolist() == pytest.approx([0.018329, 0.018329, 0.386957, 0.046114], abs=1e-6)
+
+
+def test_a_completion_at_the_median_is_pulled_to_ratio_one():
+    # [1, 1, 1, 0]: median 1, so the correct ones have t = 0 → ρ* = 1 for any λ, weight A = 0.499999
+    for temperature in (1.0, 1e-4, 0.0):
+        losses = one_token_losses(official(temperature=temperature), [1.0, 1.0, 1.0, 0.0])
+        assert losses[0].item() == pytest.approx(0.05, abs=1e-6)
+    # the step reading gives those completions weight 0 instead
+    assert gbpo().compute_advantages(t([[1.0, 1.0, 1.0, 0.0]]))[0, 0].item() == 0.0
+
+
+def test_the_log_ratio_is_clamped_and_the_kl_is_verls_low_var_kl():
+    objective = GBPO(GBPOConfig())  # every default: ε 0.2, λ 1, β 0.001
+    batch = PolicyBatch(logprobs=t([[30.0]]), old_logprobs=t([[0.0]]), mask=t([[1.0]]), advantages=t([1.0]),
+                        ref_logprobs=t([[0.0]]), advantage_extras={TARGET: t([0.0])})
+    loss, metrics = objective.loss_sum(batch)
+    # ρ = e^20 (clamped), ρ* = 1 at t = 0; k3 with δ = −30 → clamped to −20: e^−20 + 20 − 1 → capped at 10
+    assert loss.item() == pytest.approx(math.exp(20.0) - 1 + 0.001 * 10.0)
+    assert metrics["kl"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        objective.loss_sum(PolicyBatch(t([[0.0]]), t([[0.0]]), t([[1.0]]), t([1.0])))
+
+
+def test_with_another_estimator_the_advantages_sign_picks_the_bound():
+    objective = GBPO(GBPOConfig(advantage_estimator="rloo", beta=0.0))
+    advantages = objective.compute_advantages(t([[1.0, 0.0, 0.0, 0.0]]))  # 4/3·(r − 0.25): 1, −1/3 ...
+    batch = PolicyBatch(logprobs=torch.zeros(4, 1, dtype=torch.float64), old_logprobs=torch.zeros(4, 1,
+                        dtype=torch.float64), mask=torch.ones(4, 1, dtype=torch.float64),
+                        advantages=advantages.reshape(-1))
+    loss, _ = objective.loss_sum(batch)
+    # ρ = 1: |A|·ε each: 1·0.2 + 3·(1/3)·0.2
+    assert loss.item() == pytest.approx(0.4)

@@ -202,10 +202,15 @@ class Learner:
             fresh = batch.policy_versions == version
         old = torch.where(fresh.to(logprobs.device).unsqueeze(1), logprobs.detach(), batch.behavior_logprobs)
         advantages = batch_advantages(self.objective, batch)
+        extras = batch.advantage_extras
+        if batch.advantages is None and self.objective.estimator is not None and not self.objective.turn_level:
+            # groups that never went through the driver: the estimator's extras, as its advantages
+            extras = self.objective.estimate(batch.rewards)[1] or None
+        extras = None if extras is None else {k: v.reshape(-1).to(self.device) for k, v in extras.items()}
         return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=batch.completion_mask.float(),
                            advantages=advantages.to(self.device), ref_logprobs=ref,
                            behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach(),
-                           token_turns=batch.token_turns)
+                           token_turns=batch.token_turns, advantage_extras=extras)
 
     def _accumulate(self, values: dict[str, float]) -> None:
         for key, value in values.items():

@@ -47,6 +47,8 @@ class PolicyBatch:
     stored_logprobs: torch.Tensor | None = None
     # [B, T] the turn of each token in multi-turn episodes (0-based; 0 on padding); None when single-turn
     token_turns: torch.Tensor | None = None
+    # [B] per-sequence values the estimator returned beside the advantages (e.g. GBPO's target), by name
+    advantage_extras: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -110,13 +112,19 @@ class Objective(abc.ABC):
 
     def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """``[num_groups, G]`` rewards -> ``[num_groups, G]`` advantages (the configured estimator)."""
+        return self.estimate(rewards)[0]
+
+    def estimate(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(advantages, extras): an estimator may return, beside the ``[num_groups, G]`` advantages,
+        other per-sequence values its loss needs (a dict with an ``advantages`` key)."""
         if self.estimator is None:
             raise NotImplementedError(f"{type(self).__name__}: its config has no advantage_estimator key; "
                                       "add one or override compute_advantages")
         if self.turn_level:  # a single-turn group is a group of one-turn episodes
             one_turn = rewards.unsqueeze(-1)
-            return self.estimator(one_turn, torch.ones_like(one_turn, dtype=torch.bool), self.config).squeeze(-1)
-        return self.estimator(rewards, self.config)
+            ones = torch.ones_like(one_turn, dtype=torch.bool)
+            return self.estimator(one_turn, ones, self.config).squeeze(-1), {}
+        return split_estimate(self.estimator(rewards, self.config))
 
     def compute_turn_advantages(self, turn_rewards: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
         """``[num_groups, G, T]`` per-turn rewards (0 where ``reached`` is False) -> per-turn advantages.
@@ -142,10 +150,16 @@ class Objective(abc.ABC):
             multi = [g for g in same if g.multi_turn] if self.turn_level else []
             single = [g for g in same if not (self.turn_level and g.multi_turn)]
             if single:
-                values = self.compute_advantages(torch.tensor([g.rewards for g in single], dtype=torch.float32))
-                for group, row in zip(single, values.tolist()):
-                    for rollout, value in zip(group.rollouts, row):
+                rewards = torch.tensor([g.rewards for g in single], dtype=torch.float32)
+                if type(self).compute_advantages is not Objective.compute_advantages:  # an objective's own
+                    values, extras = self.compute_advantages(rewards), {}
+                else:
+                    values, extras = self.estimate(rewards)
+                extra_rows = {name: value.tolist() for name, value in extras.items()}
+                for g, (group, row) in enumerate(zip(single, values.tolist())):
+                    for i, (rollout, value) in enumerate(zip(group.rollouts, row)):
                         rollout.advantage, rollout.turn_advantages = value, None
+                        rollout.advantage_extras = {name: rows[g][i] for name, rows in extra_rows.items()} or None
             if multi:
                 turn_rewards, reached = _turn_tensors(multi)
                 values = self.compute_turn_advantages(turn_rewards, reached)
@@ -183,7 +197,10 @@ class Objective(abc.ABC):
             stored_logprobs=None if extra.stored_logprobs is None else stack(
                 torch.zeros_like(batch.logprobs).detach(), extra.stored_logprobs),
             token_turns=None if batch.token_turns is None else stack(
-                batch.token_turns, torch.zeros_like(extra.logprobs, dtype=batch.token_turns.dtype)))
+                batch.token_turns, torch.zeros_like(extra.logprobs, dtype=batch.token_turns.dtype)),
+            advantage_extras=None if batch.advantage_extras is None else {
+                name: torch.cat([value, torch.zeros_like(extra.advantages)])
+                for name, value in batch.advantage_extras.items()})
 
     def state_dict(self) -> dict[str, Any]:
         """Learner-side adaptive state (e.g. clip bounds searched on the micro-batches), saved in
@@ -196,6 +213,15 @@ class Objective(abc.ABC):
     def log_metrics(self) -> dict[str, float]:
         """Per-step values of learner-side adaptive state to log (empty for stateless objectives)."""
         return {}
+
+
+def split_estimate(result: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """An estimator's result as (advantages, extras): a tensor, or a dict with an ``advantages`` key."""
+    if isinstance(result, dict):
+        if "advantages" not in result:
+            raise ValueError(f"an estimator's dict must hold 'advantages', got keys {sorted(result)}")
+        return result["advantages"], {k: v for k, v in result.items() if k != "advantages"}
+    return result, {}
 
 
 def _turn_tensors(groups: list[RolloutGroup]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,9 +49,15 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
 
 
 @policy_loss("k3_kl")
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *,
+          clamp: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """k3 = exp(δ) − δ − 1 with δ = log π_ref − log π_θ: an unbiased, always >= 0 per-token
-    estimate of KL(π_θ‖π_ref) on π_θ's samples (verl's ``low_var_kl``, without its clamps)."""
+    estimate of KL(π_θ‖π_ref) on π_θ's samples. ``clamp``: verl's ``low_var_kl`` exactly, δ
+    clamped to ±20 and k3 to [−10, 10] (flat, so no gradient, where a clamp binds)."""
     delta = ref_logprobs - logprobs
+    if clamp:
+        delta = delta.clamp(-20.0, 20.0)
     kl = torch.exp(delta) - delta - 1
+    if clamp:
+        kl = kl.clamp(-10.0, 10.0)
     return kl, {"kl": kl.detach()}

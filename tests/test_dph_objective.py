@@ -219,7 +219,7 @@ GENERATORS = {"forward_kl": lambda u: u - 1 - math.log(u),
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
 def test_mixed_batch_loss_matches_independent_computation(divergence, loss_type):
     batch = mixed_batch()
-    dph = DPH(DPHConfig(divergence=divergence, weight=0.1, loss_type=loss_type))
+    dph = DPH(DPHConfig(kind_averaging="pooled", divergence=divergence, weight=0.1, loss_type=loss_type))
     rows = reference_token_losses(batch, 0.1, GENERATORS[divergence])
     expected = {"dapo": sum(map(sum, rows)) / 10, "grpo": sum(sum(r) / len(r) for r in rows) / 4,
                 "dr_grpo": sum(map(sum, rows)) / (4 * 3)}[loss_type]
@@ -231,7 +231,7 @@ def test_mixed_batch_loss_matches_independent_computation(divergence, loss_type)
 def test_rehearsal_rows_get_only_the_divergence_and_exploration_rows_only_the_policy_gradient():
     batch = mixed_batch()
     batch.logprobs.requires_grad_(True)
-    dph = DPH(DPHConfig(divergence="forward_kl", weight=0.1))  # dapo: divide by the 10 loss tokens
+    dph = DPH(DPHConfig(kind_averaging="pooled", divergence="forward_kl", weight=0.1))  # dapo: divide by the 10 loss tokens
     loss, _ = dph.loss_sum(batch)
     (loss / dph.normalizer(batch_stats(batch))).backward()
     grad = batch.logprobs.grad
@@ -255,7 +255,7 @@ def test_without_rehearsal_rows_it_is_grpo_without_kl():
     plain = PolicyBatch(batch.logprobs[[0, 2]], batch.old_logprobs[[0, 2]], batch.mask[[0, 2]],
                         batch.advantages[[0, 2]])
     for loss_type in ("dapo", "grpo", "dr_grpo"):
-        dph = DPH(DPHConfig(loss_type=loss_type))
+        dph = DPH(DPHConfig(kind_averaging="pooled", loss_type=loss_type))
         expected = grpo_loss(plain, GRPOConfig(epsilon_high=0.28, loss_type=loss_type)).item()
         assert dph.loss_sum(plain)[0].item() / dph.normalizer(batch_stats(plain)) == pytest.approx(expected)
         no_rows = PolicyBatch(**{**plain.__dict__, "extra": torch.zeros(2, dtype=torch.bool)})
@@ -265,20 +265,20 @@ def test_without_rehearsal_rows_it_is_grpo_without_kl():
 def test_zero_weight_leaves_rehearsal_rows_without_gradient():
     batch = mixed_batch()
     batch.logprobs.requires_grad_(True)
-    DPH(DPHConfig(weight=0.0)).loss_sum(batch)[0].backward()
+    DPH(DPHConfig(kind_averaging="pooled", weight=0.0)).loss_sum(batch)[0].backward()
     assert torch.all(batch.logprobs.grad[[1, 3]] == 0) and torch.any(batch.logprobs.grad[[0, 2]] != 0)
 
 
 def test_rehearsal_rows_need_initial_logprobs_and_a_row_mask():
     batch = mixed_batch()
     with pytest.raises(ValueError, match="stored_logprobs"):
-        DPH(DPHConfig()).loss_sum(PolicyBatch(**{**batch.__dict__, "stored_logprobs": None}))
+        DPH(DPHConfig(kind_averaging="pooled")).loss_sum(PolicyBatch(**{**batch.__dict__, "stored_logprobs": None}))
     with pytest.raises(ValueError, match=r"extra must be a \[B\] = \[4\]"):
-        DPH(DPHConfig()).loss_sum(PolicyBatch(**{**batch.__dict__, "extra": torch.ones(4, 3, dtype=torch.bool)}))
+        DPH(DPHConfig(kind_averaging="pooled")).loss_sum(PolicyBatch(**{**batch.__dict__, "extra": torch.ones(4, 3, dtype=torch.bool)}))
 
 
 def test_metrics_are_token_weighted_and_split_by_kind():
-    _, metrics = DPH(DPHConfig(divergence="reverse_kl")).loss_sum(mixed_batch())
+    _, metrics = DPH(DPHConfig(kind_averaging="pooled", divergence="reverse_kl")).loss_sum(mixed_batch())
     assert metrics["rehearsal_token_fraction"] == pytest.approx(5 / 10)
     rows = reference_token_losses(mixed_batch(), 1.0, GENERATORS["reverse_kl"])
     assert metrics["divergence"] == pytest.approx((sum(rows[1]) + sum(rows[3])) / 10, abs=1e-12)
@@ -292,7 +292,7 @@ def test_metrics_are_token_weighted_and_split_by_kind():
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
 def test_micro_batch_sums_over_normalizer_equal_the_whole_step(loss_type):
     batch = mixed_batch()
-    dph = DPH(DPHConfig(divergence="js", weight=0.2, loss_type=loss_type))
+    dph = DPH(DPHConfig(kind_averaging="pooled", divergence="js", weight=0.2, loss_type=loss_type))
     stats = batch_stats(batch)
 
     def rows(index):
@@ -347,13 +347,15 @@ def test_registered_reference_free_and_never_skipped():
 def test_defaults_follow_the_official_scripts():
     config = DPHConfig()
     assert (config.divergence, config.weight, config.forward_kl_estimator) == ("forward_kl", 0.05, "k3")
-    assert (config.epsilon, config.epsilon_high, config.loss_type) == (0.2, 0.28, "dapo")
+    assert (config.epsilon, config.epsilon_high, config.loss_type, config.kind_averaging) == (0.2, 0.28, "dapo",
+                                                                                             "per_kind")
     assert (config.pass_threshold, config.split_samples, config.rehearsal_samples) == (0.75, 8, 1)
     assert config.rehearsal_ratio == 256 / (128 * 16)
 
 
 @pytest.mark.parametrize("params, error, message", [
     ({"divergence": "tv"}, ValueError, "'tv' is not one of: forward_kl, js, reverse_kl"),
+    ({"kind_averaging": "mixed"}, ValueError, "'mixed' is not one of: per_kind, pooled"),
     ({"forward_kl_estimator": "k2"}, ValueError, "is not one of: k3, k1"),
     ({"loss_type": "bnpo"}, ValueError, "is not one of: grpo, dapo, dr_grpo"),
     ({"weight": -0.1}, ValueError, "weight must be >= 0"),
@@ -376,3 +378,33 @@ def test_config_fields_for_docs():
     assert list(fields)[:2] == ["divergence", "weight"]
     assert fields["epsilon_high"][:2] == ("float | None", 0.28)
     assert all(text for _, _, text in fields.values())
+
+
+# --- the official micro-batch averaging: each kind token-meaned on its own ------------------------
+
+
+def test_per_kind_averaging_by_hand():
+    """Two exploration rows (3 and 5 tokens, token losses summing to 0.6 and 0.7) and one rehearsal row
+    (4 tokens, divergence summing to 2.0), η = 0.05. Per kind: (N_e·mean_e + η·N_r·mean_r)/(N_e + N_r)
+    = (2·1.3/8 + 0.05·1·2.0/4)/3 = (0.325 + 0.025)/3. Pooled: (1.3 + 0.05·2.0)/12."""
+    divergence = t([[0.8, 0.4, 0.6, 0.2, 0.0]])
+    # at ρ = 1 a token's loss is −A: A = −0.2 over 3 tokens sums to 0.6, A = −0.14 over 5 to 0.7
+    mask = t([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
+    zeros = torch.zeros(3, 5, dtype=torch.float64)
+    advantages = t([-0.2, -0.14, 0.0])
+    # forward KL k1 = log π0 − log πθ: stored log π0 = the wanted divergence, πθ = 0 (log 1)
+    batch = PolicyBatch(logprobs=zeros.clone(), old_logprobs=zeros.clone(), mask=mask, advantages=advantages,
+                        stored_logprobs=torch.cat([zeros[:2], divergence]), extra=torch.tensor([False, False, True]),
+                        step_stats=StepStats(num_sequences=2, num_tokens=8, max_completion_length=5,
+                                             extra_sequences=1, extra_tokens=4))
+    per_kind = DPH(DPHConfig(weight=0.05, forward_kl_estimator="k1"))
+    loss, _ = per_kind.loss_sum(batch)
+    step = StepStats(num_sequences=3, num_tokens=12, max_completion_length=5, extra_sequences=1, extra_tokens=4)
+    assert (loss / per_kind.normalizer(step)).item() == pytest.approx((2 * 1.3 / 8 + 0.05 * 2.0 / 4) / 3)
+    pooled = DPH(DPHConfig(weight=0.05, forward_kl_estimator="k1", kind_averaging="pooled"))
+    loss, _ = pooled.loss_sum(batch)
+    assert (loss / pooled.normalizer(step)).item() == pytest.approx((1.3 + 0.05 * 2.0) / 12)
+    # a step without rehearsal rows is plain token-mean dapo either way
+    assert per_kind.normalizer(StepStats(2, 8, 5)) == 8
+    with pytest.raises(ValueError, match="per_kind needs the step's totals"):
+        per_kind.loss_sum(PolicyBatch(**{**batch.__dict__, "step_stats": None}))

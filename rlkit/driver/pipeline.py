@@ -89,7 +89,10 @@ class MicroBatchFeed:
     """Hands groups to the learners in micro-batches of ``size`` groups, round robin over ranks.
 
     ``extras`` (resolved when first needed) are the objective's extra rows of the step: they ride
-    with each rank's last micro-batch, so every rank runs the same number of micro-batches.
+    with each rank's last micro-batch, so every rank runs the same number of micro-batches. That
+    last round is held until every group of the step is in, and goes with the step's totals
+    (``step_stats``: the step's own rows and the extra rows apart), so that a loss may weigh the
+    two kinds of row by the whole step's counts.
     """
 
     def __init__(self, learners: list, size: int, total_groups: int, version: int,
@@ -99,25 +102,44 @@ class MicroBatchFeed:
         self._resolve_extras = extras
         self.extras: list[RolloutGroup] = []
         self.buffer: list[RolloutGroup] = []
+        self.held: list[list[RolloutGroup]] = []  # the last round, while the step is incomplete
+        self.groups: list[RolloutGroup] = []
         self.calls: list[ray.ObjectRef] = []
 
     def add(self, groups: list[RolloutGroup]) -> None:
+        self.groups.extend(groups)
         self.buffer.extend(groups)
         while len(self.buffer) >= self.size:
             self._send(self.buffer[:self.size])
             self.buffer = self.buffer[self.size:]
 
     def _send(self, micro_batch: list[RolloutGroup]) -> None:
-        index, ranks = len(self.calls), len(self.learners)
-        learner = self.learners[index % ranks]
-        last_round = index - (self.total - ranks)
-        if self._resolve_extras is not None and last_round >= 0:
-            if last_round == 0:
-                self.extras = self._resolve_extras()
-            self.calls.append(learner.train_micro_batch.remote(micro_batch, self.extras[last_round::ranks],
-                                                               version=self.version))
-        else:
-            self.calls.append(learner.train_micro_batch.remote(micro_batch, version=self.version))
+        index, ranks = len(self.calls) + len(self.held), len(self.learners)
+        if self._resolve_extras is not None and index >= self.total - ranks:
+            self.held.append(micro_batch)
+            if index == self.total - 1:
+                self._send_last_round()
+            return
+        self.calls.append(self.learners[index % ranks].train_micro_batch.remote(micro_batch, version=self.version))
+
+    def _send_last_round(self) -> None:
+        self.extras = self._resolve_extras()
+        stats = self.step_stats()
+        ranks, first = len(self.learners), len(self.calls)
+        for offset, micro_batch in enumerate(self.held):
+            learner = self.learners[(first + offset) % ranks]
+            self.calls.append(learner.train_micro_batch.remote(micro_batch, self.extras[offset::ranks],
+                                                               version=self.version, step_stats=stats))
+        self.held = []
+
+    def step_stats(self, extras_count: bool = False) -> dict[str, int]:
+        """The step's totals: its own rows, and the extra rows apart (and in the totals when
+        ``extras_count``: ExtraRows.counts_in_step_stats)."""
+        extra_sequences = sum(len(g.rollouts) for g in self.extras)
+        extra_tokens = sum(g.num_tokens for g in self.extras)
+        return {"num_sequences": sum(len(g.rollouts) for g in self.groups) + extras_count * extra_sequences,
+                "num_tokens": sum(g.num_tokens for g in self.groups) + extras_count * extra_tokens,
+                "extra_sequences": extra_sequences, "extra_tokens": extra_tokens}
 
 
 class StepPipeline:
@@ -209,9 +231,7 @@ class StepPipeline:
         feed.add(replayed)
         groups = kept + filler + replayed
         learner_calls = feed.calls
-        counted = groups + (feed.extras if self.extras is not None and self.extras.counts_in_step_stats else [])
-        stats = {"num_sequences": sum(len(g.rollouts) for g in counted),
-                 "num_tokens": sum(g.num_tokens for g in counted)}
+        stats = feed.step_stats(extras_count=self.extras is not None and self.extras.counts_in_step_stats)
         # Everything from here to the next step's first generation is queued at once, in the order
         # each actor must run it (step, export, load the weights, generate), so no round trip to
         # the driver sits between the update and the next samples.

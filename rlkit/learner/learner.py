@@ -114,12 +114,13 @@ class Learner:
         self._micro_batches = 0
 
     def train_micro_batch(self, groups: list[RolloutGroup], extra: list[RolloutGroup] | None = None,
-                          version: int | None = None) -> dict[str, float]:
+                          version: int | None = None, step_stats: dict[str, int] | None = None) -> dict[str, float]:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`.
 
         ``extra`` holds one-row groups the objective asked for besides the step's groups
         (``Objective.extra_rows``); ``Objective.combine_extra`` joins them to the micro-batch.
         ``version`` is the policy version of the learner's current weights (the step index).
+        ``step_stats`` (with the extra rows) are the whole step's totals, for ``PolicyBatch.step_stats``.
         """
         started, wall_started = time.perf_counter(), time.time()
         groups, skipped = self._split_inert(groups)
@@ -131,6 +132,8 @@ class Learner:
             extra_batch = TrainBatch.from_groups(extra, self.tokenizer.pad_token_id)
             policy = self.objective.combine_extra(policy, self._extra_policy_batch(extra_batch))
             trained += extra_batch.num_tokens
+        if step_stats is not None:
+            policy.step_stats = self._step_stats(step_stats)
         loss_sum, metrics = self.objective.loss_sum(policy)
         # step() is called once per update, not once per micro-batch, so DeepSpeed's own counter
         # would place the boundary wrongly: say which backward ends the update (ZeRO reduces there)
@@ -221,9 +224,7 @@ class Learner:
         if self._micro_batches != self.steps_per_update:
             raise RuntimeError(f"step() after {self._micro_batches} micro-batches, "
                                f"expected {self.steps_per_update}")
-        step_stats = StepStats(num_sequences=stats["num_sequences"], num_tokens=stats["num_tokens"],
-                               max_completion_length=self.config.rollout.max_completion_length)
-        normalizer = float(self.objective.normalizer(step_stats))
+        normalizer = float(self.objective.normalizer(self._step_stats(stats)))
         lr = learning_rate_at(step_index, self.config.learner.learning_rate, self.config.learner.lr_scheduler,
                               self.config.learner.warmup_steps, self.config.max_steps)
         optimizer = _base_optimizer(self.engine)
@@ -241,6 +242,11 @@ class Learner:
         out.update(self.objective.log_metrics())  # adaptive state: clip bounds, temperatures
         self._reset_step_totals()
         return out
+
+    def _step_stats(self, stats: dict[str, int]) -> StepStats:
+        return StepStats(num_sequences=stats["num_sequences"], num_tokens=stats["num_tokens"],
+                         max_completion_length=self.config.rollout.max_completion_length,
+                         extra_sequences=stats.get("extra_sequences", 0), extra_tokens=stats.get("extra_tokens", 0))
 
     def peak_memory(self) -> dict[str, float | None]:
         return peak_memory()

@@ -49,6 +49,9 @@ class PolicyBatch:
     token_turns: torch.Tensor | None = None
     # [B] per-sequence values the estimator returned beside the advantages (e.g. GBPO's target), by name
     advantage_extras: dict[str, torch.Tensor] | None = None
+    # the whole step's totals, on the micro-batches that carry extra rows (the pipeline sends those
+    # once every group of the step is in); None elsewhere
+    step_stats: StepStats | None = None
 
 
 @dataclass
@@ -58,6 +61,10 @@ class StepStats:
     num_sequences: int
     num_tokens: int  # tokens under the loss mask
     max_completion_length: int
+    # the objective's extra rows of the step, apart (they are also in the two totals above when
+    # ExtraRows.counts_in_step_stats)
+    extra_sequences: int = 0
+    extra_tokens: int = 0
 
 
 class Objective(abc.ABC):

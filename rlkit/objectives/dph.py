@@ -21,6 +21,7 @@ from rlkit.objectives.grpo import GRPOConfig, per_token_loss
 from rlkit.plugins import objective, policy_loss
 
 DIVERGENCES = ("forward_kl", "js", "reverse_kl")
+KIND_AVERAGING = ("per_kind", "pooled")
 FORWARD_KL_ESTIMATORS = ("k3", "k1")
 # log u = log πθ − log π0 is capped from above so that exp(log u) cannot overflow. Unlike verl's
 # kl_penalty (which the official code calls) there is no lower cap and no cap of k3 at 10: those
@@ -46,9 +47,13 @@ class DPHConfig:
     epsilon_high: float | None = field(default=0.28, metadata={
         "help": "upper clip range ε_high (None = epsilon); the official scripts use 0.28 (clip-higher)"})
     loss_type: str = field(default="dapo", metadata={
-        "help": "aggregation of both parts over the whole step: dapo (token sum / loss tokens, verl's "
-                "token-mean as in the official code), grpo (per-sequence token mean / sequences) or "
+        "help": "aggregation of both parts over the whole step: dapo (token means, verl's token-mean as in the "
+                "official code; see kind_averaging), grpo (per-sequence token mean / sequences) or "
                 "dr_grpo (token sum / (sequences x max_completion_length))"})
+    kind_averaging: str = field(default="per_kind", metadata={
+        "help": "under dapo: per_kind (the official code's micro-batch averaging: each kind of row token-meaned "
+                "on its own, the two means weighted by their rows' share of the step) or pooled (rlkit's: one "
+                "token mean over both kinds)"})
     scale_rewards: bool = field(default=True, metadata={
         "help": "divide group-centred rewards of exploration groups by the group's std + 1e-4"})
     advantage_estimator: str = field(default="group_relative", metadata={
@@ -70,6 +75,7 @@ class DPHConfig:
 
     def __post_init__(self):
         _one_of("divergence", self.divergence, DIVERGENCES)
+        _one_of("kind_averaging", self.kind_averaging, KIND_AVERAGING)
         _one_of("forward_kl_estimator", self.forward_kl_estimator, FORWARD_KL_ESTIMATORS)
         _one_of("loss_type", self.loss_type, LOSS_TYPES)
         if not self.weight >= 0:
@@ -208,13 +214,20 @@ class DPH(Objective):
         exploration:  ℓ_{i,t} = −min(ρ_{i,t}·A_i, clip(ρ_{i,t}, 1−ε_low, 1+ε_high)·A_i)     (no KL)
         rehearsal:    ℓ_{j,t} = η · g(u_{j,t}),   g = forward_kl_term | js_term | reverse_kl_term
 
-    Both kinds share the step's normalizer (N rows, Σ|y| loss tokens, L_max), as in GRPO:
+    Under ``loss_type: dapo`` with ``kind_averaging: per_kind`` (the default, the official code's
+    micro-batch averaging: its micro-batches hold one kind each, are token-meaned, then averaged),
+    with N_e exploration rows over T_e tokens and N_r rehearsal rows over T_r tokens in the step:
 
-        dapo:    L = 1/Σ|y| · Σ_rows Σ_t ℓ        grpo:  L = 1/N · Σ_rows (1/|y|) Σ_t ℓ
-        dr_grpo: L = 1/(N·L_max) · Σ_rows Σ_t ℓ
+        L = (N_e · Σ_exploration ℓ / T_e  +  N_r · Σ_rehearsal ℓ / T_r) / (N_e + N_r)
 
-    so L = (share of exploration)·L_exp + η·(share of rehearsal)·L_pef: the paper's
-    L_exp + η·L_pef with the mix of the step deciding the effective weight. Rehearsal rows get no
+    Otherwise both kinds share the step's normalizer (N rows, Σ|y| loss tokens, L_max), as in GRPO:
+
+        dapo (pooled): L = 1/Σ|y| · Σ_rows Σ_t ℓ        grpo:  L = 1/N · Σ_rows (1/|y|) Σ_t ℓ
+        dr_grpo:       L = 1/(N·L_max) · Σ_rows Σ_t ℓ
+
+    Either way L = (share of exploration)·L_exp + η·(share of rehearsal)·L_pef: the paper's
+    L_exp + η·L_pef with the mix of the step deciding the effective weight (shares of rows per kind,
+    or of tokens when pooled). Rehearsal rows get no
     policy-gradient term and exploration rows no divergence; ``old_logprobs`` and ``advantages``
     of rehearsal rows and ``stored_logprobs`` of exploration rows are ignored.
     """
@@ -254,14 +267,34 @@ class DPH(Objective):
                 raise ValueError("rehearsal rows need the initial policy's log-probs in stored_logprobs")
             init = torch.where(rehearsal, batch.stored_logprobs, logprobs.detach())
             divergence = torch.where(rehearsal, divergence_term(self.config, logprobs, init), torch.zeros_like(loss))
-            loss = loss + self.config.weight * divergence
+            loss = loss + self.config.weight * self._rehearsal_scale(batch) * divergence
             parts["divergence"] = divergence.detach()
             parts["log_ratio_init"] = (logprobs - init).detach()  # 0 off the rehearsal tokens
         mask_f = mask.to(loss.dtype)
         return aggregate(loss, mask_f, self.config.loss_type), _metrics(parts, exploration, rehearsal, mask_f)
 
+    def _per_kind(self) -> bool:
+        return self.config.loss_type == "dapo" and self.config.kind_averaging == "per_kind"
+
+    def _rehearsal_scale(self, batch: PolicyBatch) -> float:
+        """1 when pooled. Per kind, with the step's exploration rows N_e over T_e loss tokens and its
+        rehearsal rows N_r over T_r: N_r·T_e / (T_r·N_e), which with :meth:`normalizer` makes the step
+        loss (N_e·mean_exploration + η·N_r·mean_rehearsal) / (N_e + N_r)."""
+        if not self._per_kind():
+            return 1.0
+        stats = batch.step_stats
+        if stats is None or not stats.extra_tokens:
+            raise ValueError("kind_averaging per_kind needs the step's totals with the rehearsal rows "
+                             "(PolicyBatch.step_stats); the pipeline sends them with the rows")
+        return stats.extra_sequences * stats.num_tokens / (stats.extra_tokens * max(stats.num_sequences, 1))
+
     def normalizer(self, stats: StepStats) -> float:
-        return step_normalizer(self.config.loss_type, stats)
+        if not self._per_kind() or not stats.extra_sequences:
+            return step_normalizer(self.config.loss_type, stats)
+        # the totals count both kinds (counts_in_step_stats): T_e · N / N_e
+        exploration_rows = max(stats.num_sequences - stats.extra_sequences, 1)
+        exploration_tokens = max(stats.num_tokens - stats.extra_tokens, 1)
+        return exploration_tokens * stats.num_sequences / exploration_rows
 
 
 def _rehearsal_rows(batch: PolicyBatch) -> torch.Tensor:

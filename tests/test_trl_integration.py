@@ -222,3 +222,21 @@ def test_objective_state_is_logged_checkpointed_and_resumed(tmp_path):
     resumed = make_trainer(RLKitGRPOTrainer, tmp_path, objective=CountingGRPO(), args={"max_steps": 3})
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.rlkit_objective.calls == 6
+
+
+@pytest.mark.slow
+def test_an_estimators_extras_reach_the_loss_through_trls_batches(tmp_path):
+    """GBPO's target (an estimator extra) rides in TRL's batch next to the advantages, through its
+    split and shuffle, into every PolicyBatch."""
+    seen = []
+
+    class Recording(objectives.get("gbpo")):
+        def loss_sum(self, batch):
+            seen.append((batch.advantage_extras, batch.advantages.shape[0]))
+            return super().loss_sum(batch)
+
+    objective = Recording(objectives.get("gbpo").config_class(beta=0.0))
+    trainer = make_trainer(RLKitGRPOTrainer, tmp_path, objective=objective, args={"max_steps": 2})
+    trainer.train()
+    assert seen and all(extras is not None and "gbpo_target" in extras for extras, _ in seen)
+    assert all(extras["gbpo_target"].shape == (rows,) for extras, rows in seen)  # one per completion

@@ -65,6 +65,8 @@ from trl import GRPOConfig, GRPOTrainer
 from rlkit.objectives import Objective, PolicyBatch, StepStats, objective_from_config
 from rlkit.objectives.base import makes_extra_rows
 
+EXTRA_PREFIX = "rlkit_advantage_extra_"  # batch keys of the estimator's extras
+
 STATE_FILE = "rlkit_objective_state.pt"
 
 # what _get_per_token_logps_and_entropies takes besides ids and masks (multimodal models)
@@ -131,9 +133,10 @@ class RLKitGRPOTrainer(GRPOTrainer):
         old = logprobs.detach() if old is None else old  # TRL skips them when the batch is on-policy
         behavior = inputs.get("sampling_per_token_logps")  # vLLM's; NaN where vLLM gave none
         behavior = old if behavior is None else torch.where(torch.isnan(behavior), old, behavior)
+        extras = {key[len(EXTRA_PREFIX):]: value for key, value in inputs.items() if key.startswith(EXTRA_PREFIX)}
         return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=mask.to(logprobs.dtype),
                            advantages=inputs["advantages"], ref_logprobs=inputs.get("ref_per_token_logps"),
-                           behavior_logprobs=behavior, entropy=entropy.detach())
+                           behavior_logprobs=behavior, entropy=entropy.detach(), advantage_extras=extras or None)
 
     def _accumulation(self, mode: str) -> int:
         if mode != "train":
@@ -178,17 +181,20 @@ class RLKitGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         group = self.num_generations if mode == "train" else self.num_generations_eval
         if self.advantage_source == "objective" and group >= 2:  # eval with 1 generation: TRL's zeros stay
-            advantages = self._objective_advantages(group)
+            advantages, extras = self._objective_advantages(group)
             start = self.accelerator.process_index * len(inputs)
             output["advantages"] = advantages[start:start + len(inputs)].to(output["advantages"])
+            for name, values in extras.items():  # TRL splits and shuffles every tensor of the batch alike
+                output[EXTRA_PREFIX + name] = values[start:start + len(inputs)].to(output["advantages"])
             logged = self._logs["advantages"]  # the completions table shows the advantages trained on
             for _ in range(min(advantages.numel(), len(logged))):
                 logged.pop()
             logged.extend(advantages.tolist())
         return output
 
-    def _objective_advantages(self, group: int) -> torch.Tensor:
-        """The objective's advantages of all processes' completions, ``group`` consecutive per prompt."""
+    def _objective_advantages(self, group: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective's advantages of all processes' completions, ``group`` consecutive per prompt,
+        and the estimator's extras (e.g. GBPO's target), flat alike."""
         per_func = self._rewards_per_func
         rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
         unscorable = torch.isnan(per_func).all(dim=1)  # every reward function returned None
@@ -197,8 +203,15 @@ class RLKitGRPOTrainer(GRPOTrainer):
         # (TRL leaves it out of the baseline; an objective's estimator takes complete groups)
         fill = torch.nanmean(groups, dim=1, keepdim=True).nan_to_num(0.0).expand_as(groups)
         groups = torch.where(torch.isnan(groups), fill, groups)
-        advantages = self.rlkit_objective.compute_advantages(groups).reshape(-1)
-        return advantages.masked_fill(unscorable.to(advantages.device), 0.0)
+        objective = self.rlkit_objective
+        if getattr(objective, "estimator", None) is not None and \
+                type(objective).compute_advantages is Objective.compute_advantages:
+            advantages, extras = objective.estimate(groups)
+        else:
+            advantages, extras = objective.compute_advantages(groups), {}
+        advantages = advantages.reshape(-1)
+        extras = {name: value.reshape(-1) for name, value in extras.items()}
+        return advantages.masked_fill(unscorable.to(advantages.device), 0.0), extras
 
     # --- objective state in checkpoints ----------------------------------------------------------
 

@@ -206,7 +206,8 @@ class Learner:
         old = torch.where(fresh.to(logprobs.device).unsqueeze(1), logprobs.detach(), batch.behavior_logprobs)
         advantages = batch_advantages(self.objective, batch)
         extras = batch.advantage_extras
-        if batch.advantages is None and self.objective.estimator is not None and not self.objective.turn_level:
+        if batch.advantages is None and getattr(self.objective, "estimator", None) is not None \
+                and not self.objective.turn_level:
             # groups that never went through the driver: the estimator's extras, as its advantages
             extras = self.objective.estimate(batch.rewards)[1] or None
         extras = None if extras is None else {k: v.reshape(-1).to(self.device) for k, v in extras.items()}

@@ -86,7 +86,8 @@ class Objective(abc.ABC):
     def turn_level(self) -> bool:
         """True: advantages are computed per turn of multi-turn episodes (compute_turn_advantages)
         and reach loss_sum as [B, T] per token; single-turn groups are then one-turn episodes."""
-        return self.estimator is not None and is_turn_level(self.estimator)
+        estimator = getattr(self, "estimator", None)  # a subclass may not call Objective.__init__
+        return estimator is not None and is_turn_level(estimator)
 
     # --- the two hooks past the loss (rlkit/objectives/hooks.py); both run on the driver only ----
 
@@ -124,7 +125,7 @@ class Objective(abc.ABC):
     def estimate(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(advantages, extras): an estimator may return, beside the ``[num_groups, G]`` advantages,
         other per-sequence values its loss needs (a dict with an ``advantages`` key)."""
-        if self.estimator is None:
+        if getattr(self, "estimator", None) is None:
             raise NotImplementedError(f"{type(self).__name__}: its config has no advantage_estimator key; "
                                       "add one or override compute_advantages")
         if self.turn_level:  # a single-turn group is a group of one-turn episodes

@@ -176,9 +176,13 @@ class Learner:
         """(groups to train on, groups the objective says add nothing: all advantages zero)."""
         if not self.objective.zero_advantage_is_inert():
             return groups, []
-        advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
-        live = advantages.reshape(len(groups), -1).abs().amax(dim=1) > 0
-        keep = [g for g, alive in zip(groups, live.tolist()) if alive]
+        if all(r.advantage is not None or r.turn_advantages is not None for g in groups for r in g.rollouts):
+            # the driver's values, read as they are: no padded batch built for the decision
+            keep = [g for g in groups if any(r.advantage or any(r.turn_advantages or ()) for r in g.rollouts)]
+        else:  # groups that never went through the driver
+            advantages = batch_advantages(self.objective, TrainBatch.from_groups(groups, self.tokenizer.pad_token_id))
+            live = advantages.reshape(len(groups), -1).abs().amax(dim=1) > 0
+            keep = [g for g, alive in zip(groups, live.tolist()) if alive]
         if not keep:
             # every rank must run one forward and backward per micro-batch (ZeRO's collectives pair
             # up across ranks), so train on one inert group: its gradient is exactly zero

@@ -110,7 +110,7 @@ def gpu_shares(gpus: float, learners: int, workers: int) -> tuple[float, float]:
     return learner_share, worker_share
 
 
-def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) -> Actors:
+def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
     """One learner per data-parallel rank, ``rollout.num_workers`` generation actors."""
     from rlkit.learner.learner import Learner
     from rlkit.rollout.worker import RolloutWorker
@@ -130,7 +130,7 @@ def place_actors(config: RLConfig, reward_funcs: list, steps_per_update: int) ->
     # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
     # as often as needed, and the fleet stops a run whose calls keep killing them.
     learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(Learner)
-    learners = [learner_cls.remote(config, rank=r, world_size=world, steps_per_update=steps_per_update,
+    learners = [learner_cls.remote(config, rank=r, world_size=world,
                                    threads=config.cluster.learner_threads or -1)
                 for r in range(world)]
     worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)

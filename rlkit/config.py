@@ -33,8 +33,9 @@ def _help(text: str, **kwargs: Any) -> Any:
 GRADIENT_CHECKPOINTING_FROM_PARAMS = 1_000_000_000  # learner.gradient_checkpointing: auto
 # keys that no longer exist, and what replaced them
 RENAMED = {
-    "learner.micro_batch_groups": "set learner.micro_batch_size, in sequences (groups x rollout.num_generations); "
-                                  "generation no longer follows it (rollout.generation_batch_size)",
+    "learner.micro_batch_groups": "set learner.micro_batch_tokens (a padded-token budget) or "
+                                  "learner.micro_batch_size (in sequences); generation no longer follows it "
+                                  "(rollout.generation_batch_size)",
 }
 
 
@@ -139,10 +140,13 @@ class LearnerConfig:
     max_grad_norm: float = _help("clip the gradient's global norm; 0 disables", default=1.0)
     lr_scheduler: str = _help("constant, linear or cosine decay to 0 over max_steps", default="cosine")
     warmup_steps: int = _help("linear warm-up steps", default=0)
+    micro_batch_tokens: int = _help(
+        "learner micro-batch budget in padded tokens, sequences x (longest prompt + longest completion); "
+        "whole groups are packed until the next would pass it; sets memory, not the algorithm; 0 = no "
+        "token cap", default=16384)
     micro_batch_size: int = _help(
-        "sequences per learner forward and backward pass (whole groups: a multiple of "
-        "rollout.num_generations; at most a learner rank's share of the step); sets memory, not the "
-        "algorithm", default=64)
+        "cap on the sequences of one learner micro-batch (whole groups: a multiple of "
+        "rollout.num_generations); 0 = only micro_batch_tokens limits it", default=0)
     num_learners: int = _help("data-parallel learner actors", default=1)
     zero_stage: int = _help("DeepSpeed ZeRO stage 0-3", default=0)
     backend: str = _help("torch.distributed backend: auto (nccl on GPU, gloo on CPU), gloo or nccl",
@@ -310,18 +314,6 @@ def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
             return
         raise ConfigError(f"{full}{where} is a value, not a section; cannot set {'.'.join(path)}")
     setattr(target, key, _coerce(value, _field_type(type(target), key), full, where))
-
-
-def groups_per_micro_batch(config: RLConfig) -> int:
-    """Whole groups in one learner micro-batch: ``learner.micro_batch_size`` sequences, but never more
-    than a learner rank's share of the step (a small step is then one micro-batch a rank)."""
-    per_rank = max(1, config.rollout.prompts_per_step // config.learner.num_learners)
-    return max(1, min(config.learner.micro_batch_size // config.rollout.num_generations, per_rank))
-
-
-def micro_batches_per_rank(config: RLConfig) -> int:
-    """Micro-batches each learner rank runs (and DeepSpeed accumulates) per optimizer step."""
-    return config.rollout.prompts_per_step // (groups_per_micro_batch(config) * config.learner.num_learners)
 
 
 def _dotted_name(target: Any, key: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlkit import metric_names as m
-from rlkit.config import ConfigError, RLConfig, apply_mapping, micro_batches_per_rank
+from rlkit.config import ConfigError, RLConfig, apply_mapping
 from rlkit.objectives import objective_from_config
 from rlkit.prompts import PromptSource, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
@@ -104,7 +104,7 @@ class RLTrainer:
         run = RunDirectory(config.output_dir or _default_run_dir(config))
         config.output_dir = str(run.path)
         run.check_usable(resume=resume)
-        actors = place_actors(config, self.reward_funcs, micro_batches_per_rank(config))
+        actors = place_actors(config, self.reward_funcs)
         state: dict[str, Any] = {"step": 0}
         try:
             # written once the actors are up, so a run that cannot start leaves no folder behind
@@ -114,8 +114,11 @@ class RLTrainer:
             extras = objective.extra_rows(PipelineRunAccess(config, run.path, actors.fleet, actors.learners))
             rows = extras.prepare(self.train_rows) if extras is not None else self.train_rows
             source = PromptSource(rows, seed=config.seed, shuffle=config.data.shuffle)
+            # ZeRO-2/3 reduce in every backward pass; some losses reduce in every micro-batch: then all
+            # ranks must run as many micro-batches
+            lockstep = config.learner.zero_stage >= 2 or objective.micro_batches_in_lockstep()
             pipeline = StepPipeline(config, actors.fleet, actors.learners, source, objective.assign_advantages,
-                                    extras=extras, driver_state=objective.driver_state())
+                                    extras=extras, driver_state=objective.driver_state(), equal_passes=lockstep)
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from rlkit.config import (ConfigError, RLConfig, apply_mapping, apply_overrides, groups_per_micro_batch,
-                          normalize_objective, read_yaml, recipe_path)
+from rlkit.config import (ConfigError, RLConfig, apply_mapping, apply_overrides, normalize_objective, read_yaml,
+                          recipe_path)
 
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -29,7 +29,8 @@ MINIMUMS: dict[str, float] = {
     "rollout.num_workers": 1, "rollout.num_generations": 2, "rollout.prompts_per_step": 1,
     "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
-    "learner.micro_batch_size": 1, "rollout.generation_batch_size": 1, "rollout.max_batch_tokens": 0, "learner.num_learners": 1, "learner.warmup_steps": 0,
+    "learner.micro_batch_size": 0, "learner.micro_batch_tokens": 0, "rollout.generation_batch_size": 1,
+    "rollout.max_batch_tokens": 0, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
     "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0, "cluster.learner_threads": 0, "cluster.worker_threads": 1,
 }
@@ -93,12 +94,12 @@ def _check_relations(config: RLConfig) -> None:
         low = max(group, learner.micro_batch_size // group * group)
         raise ConfigError(f"learner.micro_batch_size ({learner.micro_batch_size}) must be a multiple of "
                           f"rollout.num_generations ({group}): a micro-batch holds whole groups; try {low}")
-    per_step = groups_per_micro_batch(config) * learner.num_learners
-    if rollout.prompts_per_step % per_step:
+    one_group = group * (rollout.max_completion_length + 1)
+    if learner.micro_batch_tokens and learner.micro_batch_tokens < one_group:
         raise ConfigError(
-            f"rollout.prompts_per_step ({rollout.prompts_per_step}) must be a multiple of the groups per "
-            f"micro-batch x learner.num_learners ({per_step}: learner.micro_batch_size / rollout.num_generations "
-            f"x learner.num_learners), so every learner rank runs the same number of whole micro-batches")
+            f"learner.micro_batch_tokens ({learner.micro_batch_tokens}) cannot hold one group: "
+            f"rollout.num_generations x (rollout.max_completion_length + a prompt token) = {one_group} "
+            f"padded tokens at least; raise it or set 0 (no token cap)")
     if rollout.max_batch_tokens and rollout.max_batch_tokens < rollout.max_completion_length + 1:
         raise ConfigError(f"rollout.max_batch_tokens ({rollout.max_batch_tokens}) cannot hold even one sequence "
                           f"of rollout.max_completion_length ({rollout.max_completion_length}) tokens")

@@ -32,8 +32,9 @@ import numpy as np
 import ray
 
 from rlkit import metric_names as m
-from rlkit.config import RLConfig, groups_per_micro_batch
+from rlkit.config import RLConfig
 from rlkit.data import RolloutGroup
+from rlkit.driver.micro_batches import MicroBatchFeed, MicroBatchLimits
 from rlkit.driver.recovery import RolloutFleet, WorkerCall, WorkerStream
 from rlkit.objectives.hooks import DriverState, ExtraRows
 from rlkit.prompts import PromptSource
@@ -81,67 +82,6 @@ def _without(groups: list[RolloutGroup], removed: list[RolloutGroup]) -> list[Ro
     return [g for g in groups if id(g) not in gone]
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-class MicroBatchFeed:
-    """Hands groups to the learners in micro-batches of ``size`` groups, round robin over ranks.
-
-    ``extras`` (resolved when first needed) are the objective's extra rows of the step: they ride
-    with each rank's last micro-batch, so every rank runs the same number of micro-batches. That
-    last round is held until every group of the step is in, and goes with the step's totals
-    (``step_stats``: the step's own rows and the extra rows apart), so that a loss may weigh the
-    two kinds of row by the whole step's counts.
-    """
-
-    def __init__(self, learners: list, size: int, total_groups: int, version: int,
-                 extras: Callable | None = None):
-        self.learners, self.size, self.version = learners, size, version
-        self.total = total_groups // size
-        self._resolve_extras = extras
-        self.extras: list[RolloutGroup] = []
-        self.buffer: list[RolloutGroup] = []
-        self.held: list[list[RolloutGroup]] = []  # the last round, while the step is incomplete
-        self.groups: list[RolloutGroup] = []
-        self.calls: list[ray.ObjectRef] = []
-
-    def add(self, groups: list[RolloutGroup]) -> None:
-        self.groups.extend(groups)
-        self.buffer.extend(groups)
-        while len(self.buffer) >= self.size:
-            self._send(self.buffer[:self.size])
-            self.buffer = self.buffer[self.size:]
-
-    def _send(self, micro_batch: list[RolloutGroup]) -> None:
-        index, ranks = len(self.calls) + len(self.held), len(self.learners)
-        if self._resolve_extras is not None and index >= self.total - ranks:
-            self.held.append(micro_batch)
-            if index == self.total - 1:
-                self._send_last_round()
-            return
-        self.calls.append(self.learners[index % ranks].train_micro_batch.remote(micro_batch, version=self.version))
-
-    def _send_last_round(self) -> None:
-        self.extras = self._resolve_extras()
-        stats = self.step_stats()
-        ranks, first = len(self.learners), len(self.calls)
-        for offset, micro_batch in enumerate(self.held):
-            learner = self.learners[(first + offset) % ranks]
-            self.calls.append(learner.train_micro_batch.remote(micro_batch, self.extras[offset::ranks],
-                                                               version=self.version, step_stats=stats))
-        self.held = []
-
-    def step_stats(self, extras_count: bool = False) -> dict[str, int]:
-        """The step's totals: its own rows, and the extra rows apart (and in the totals when
-        ``extras_count``: ExtraRows.counts_in_step_stats)."""
-        extra_sequences = sum(len(g.rollouts) for g in self.extras)
-        extra_tokens = sum(g.num_tokens for g in self.extras)
-        return {"num_sequences": sum(len(g.rollouts) for g in self.groups) + extras_count * extra_sequences,
-                "num_tokens": sum(g.num_tokens for g in self.groups) + extras_count * extra_tokens,
-                "extra_sequences": extra_sequences, "extra_tokens": extra_tokens}
-
-
 class StepPipeline:
     """The driver's side of a run, one step at a time. ``assign_advantages``, ``extras`` and
     ``driver_state`` come from the driver's only copy of the objective, made once by the trainer:
@@ -149,7 +89,8 @@ class StepPipeline:
 
     def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
                  assign_advantages: Callable[[list[RolloutGroup]], None],
-                 extras: ExtraRows | None = None, driver_state: DriverState | None = None):
+                 extras: ExtraRows | None = None, driver_state: DriverState | None = None,
+                 equal_passes: bool = False):
         self.config = config
         self.fleet = fleet
         self.learners = learners
@@ -158,7 +99,8 @@ class StepPipeline:
         self.extras = extras
         self.driver_state = driver_state
         self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
-        self.groups_per_micro_batch = groups_per_micro_batch(config)
+        self.micro_batch_limits = MicroBatchLimits.from_config(config)
+        self.equal_passes = equal_passes  # every learner rank runs as many micro-batches (ZeRO-2/3, ...)
         self.next_to_submit = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
@@ -202,9 +144,9 @@ class StepPipeline:
         generations = self.pending.pop(step)
         replayed = self._draw_replay(step, self.replay_counts.pop(step, 0))
         needed = self.config.rollout.prompts_per_step - len(replayed)
-        feed = MicroBatchFeed(self.learners, self.groups_per_micro_batch,
-                              total_groups=self.config.rollout.prompts_per_step, version=step,
-                              extras=(lambda: self.extras.rows(step)) if self.extras is not None else None)
+        feed = MicroBatchFeed(self.learners, self.micro_batch_limits, version=step,
+                              extras=(lambda: self.extras.rows(step)) if self.extras is not None else None,
+                              equal_passes=self.equal_passes)
         kept, dropped = [], []
         wait_seconds, rounds = 0.0, 0
         started = generated = time.time()
@@ -223,12 +165,13 @@ class StepPipeline:
                 break
             rounds += 1  # dynamic sampling: more prompts, in proportion to how many groups were kept
             missing, offered = needed - len(kept), len(kept) + len(dropped)
-            more = _round_up(math.ceil(missing * offered / max(len(kept), offered / 8)), feed.size)
+            more = math.ceil(missing * offered / max(len(kept), offered / 8))
             generations = self._generations(step, min(more, 2 * needed), first_index=offered, round_=rounds)
         filler = [g for g in dropped if _zero_variance(g)][:needed - len(kept)]  # no gradient, keeps the shape
         self.assign_advantages(filler)
         feed.add(filler)
         feed.add(replayed)
+        feed.finish()
         groups = kept + filler + replayed
         learner_calls = feed.calls
         stats = feed.step_stats(extras_count=self.extras is not None and self.extras.counts_in_step_stats)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rlkit import metric_names as m
-from rlkit.config import RLConfig, groups_per_micro_batch
+from rlkit.config import RLConfig
 from rlkit.data import RolloutGroup, TrainBatch
 from rlkit.learner.op_builds import bounded_build_locks, prepare_op_builds
 from rlkit.learner.optim import NormalizedAdamW, learning_rate_at
@@ -28,7 +28,7 @@ class Learner:
     """Built in two calls so that ranks can meet on rank 0's machine, wherever Ray placed it:
     ``Learner(...)``, then rank 0's :meth:`rendezvous_address`, then :meth:`connect` on every rank."""
 
-    def __init__(self, config: RLConfig, *, rank: int, world_size: int, steps_per_update: int, threads: int = 1):
+    def __init__(self, config: RLConfig, *, rank: int, world_size: int, threads: int = 1):
         if threads < 0:  # the machine's cores, shared among the ranks
             threads = max(1, (os.cpu_count() or 1) // world_size)
         if threads:  # 0 keeps the process's setting
@@ -36,7 +36,6 @@ class Learner:
         torch.manual_seed(config.seed)
         self.config = config
         self.rank, self.world_size = rank, world_size
-        self.steps_per_update = steps_per_update
         self.device = _device()
 
     def rendezvous_address(self, loopback: bool) -> tuple[str, int]:
@@ -83,10 +82,10 @@ class Learner:
         if self.objective.needs_reference():
             self.reference = load_model(config.model, trainable=False).to(self.device).eval()
             self.reference.requires_grad_(False)
-        self.engine = self._initialize(deepspeed, model, self.steps_per_update)
+        self.engine = self._initialize(deepspeed, model)
         self._reset_step_totals()
 
-    def _initialize(self, deepspeed, model, steps_per_update: int):
+    def _initialize(self, deepspeed, model):
         cfg = self.config.learner
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = NormalizedAdamW(
@@ -94,8 +93,11 @@ class Learner:
             weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
             partitioned=cfg.zero_stage > 0 and self.world_size > 1)
         ds_config: dict[str, Any] = {
-            "train_micro_batch_size_per_gpu": groups_per_micro_batch(self.config) * self.config.rollout.num_generations,
-            "gradient_accumulation_steps": steps_per_update,
+            # micro-batches are cut by a token budget, so a step runs as many as it needs: the step,
+            # not a micro-batch count, is the accumulation boundary (the batch sizes are nominal)
+            "managed_gradient_accumulation": False,
+            "train_micro_batch_size_per_gpu": self.config.rollout.num_generations,
+            "gradient_accumulation_steps": 1,
             "gradient_clipping": 0.0,  # done after normalization, in NormalizedAdamW
             "zero_optimization": {"stage": cfg.zero_stage},
             "zero_allow_untested_optimizer": True,
@@ -107,25 +109,31 @@ class Learner:
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         return engine
 
-    # --- one optimizer step = steps_per_update micro-batches, then step() ------------------------
+    # --- one optimizer step = the micro-batches the driver sends, then step() ------------------
 
     def _reset_step_totals(self) -> None:
         self._sums: dict[str, float] = {}
         self._micro_batches = 0
 
     def train_micro_batch(self, groups: list[RolloutGroup], extra: list[RolloutGroup] | None = None,
-                          version: int | None = None, step_stats: dict[str, int] | None = None) -> dict[str, float]:
+                          version: int | None = None, step_stats: dict[str, int] | None = None,
+                          filler: bool = False) -> dict[str, float]:
         """Forward + backward of one micro-batch; gradients accumulate until :meth:`step`.
 
         ``extra`` holds one-row groups the objective asked for besides the step's groups
         (``Objective.extra_rows``); ``Objective.combine_extra`` joins them to the micro-batch.
         ``version`` is the policy version of the learner's current weights (the step index).
         ``step_stats`` (with the extra rows) are the whole step's totals, for ``PolicyBatch.step_stats``.
+        A ``filler`` pass (every rank must join the step's collectives, and under ZeRO-2/3 or a loss
+        that reduces over ranks run as many passes as the others) adds an exactly zero gradient,
+        contributes nothing to a statistic summed over ranks, and counts in no total.
         """
         started, wall_started = time.perf_counter(), time.time()
         groups, skipped = self._split_inert(groups)
         batch = TrainBatch.from_groups(groups, self.tokenizer.pad_token_id)
         policy = self._policy_batch(batch, version)
+        if filler:  # advantages 0 as well: a statistic a loss sums over ranks gets nothing from it
+            policy.advantages = torch.zeros_like(policy.advantages)
         trained = batch.num_tokens
         entropy_sum = float((policy.entropy * policy.mask).sum())  # of the policy's own samples only
         if extra:
@@ -135,9 +143,11 @@ class Learner:
         if step_stats is not None:
             policy.step_stats = self._step_stats(step_stats)
         loss_sum, metrics = self.objective.loss_sum(policy)
-        # step() is called once per update, not once per micro-batch, so DeepSpeed's own counter
-        # would place the boundary wrongly: say which backward ends the update (ZeRO reduces there)
-        self.engine.set_gradient_accumulation_boundary(self._micro_batches + 1 == self.steps_per_update)
+        if filler:
+            self.engine.backward(loss_sum * 0.0, scale_wrt_gas=False)
+            self._micro_batches += 1
+            self._accumulate({m.LEARNER_SECONDS: time.perf_counter() - started})
+            return {"tokens": 0, "sequences": 0, "started": wall_started, "ended": time.time()}
         self.engine.backward(loss_sum, scale_wrt_gas=False)
         self._micro_batches += 1
         # skipped groups still count in the step's tokens and entropy: on-policy the rollout's
@@ -226,9 +236,8 @@ class Learner:
 
     def step(self, stats: dict[str, int], step_index: int) -> dict[str, float]:
         """Normalize, clip and apply the accumulated gradient (called on every rank)."""
-        if self._micro_batches != self.steps_per_update:
-            raise RuntimeError(f"step() after {self._micro_batches} micro-batches, "
-                               f"expected {self.steps_per_update}")
+        if not self._micro_batches:
+            raise RuntimeError("step() before any micro-batch (or filler pass) of the step")
         normalizer = float(self.objective.normalizer(self._step_stats(stats)))
         lr = learning_rate_at(step_index, self.config.learner.learning_rate, self.config.learner.lr_scheduler,
                               self.config.learner.warmup_steps, self.config.max_steps)

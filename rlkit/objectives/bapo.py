@@ -240,6 +240,9 @@ class BAPO(Objective):
     def zero_advantage_is_inert(self) -> bool:
         return True  # A = 0 gives ℓ = 0 with zero gradient and no contribution to ρ
 
+    def micro_batches_in_lockstep(self) -> bool:
+        return self.config.reduce_over_ranks  # P and N are all-reduced in every micro-batch's loss
+
     def search(self, batch: PolicyBatch) -> ClipBounds:
         """The bounds for this micro-batch, from its own detached ratios, advantages and π_old."""
         with torch.no_grad():

@@ -108,6 +108,13 @@ class Objective(abc.ABC):
         """Whether the learner must load a frozen reference model and fill ``ref_logprobs``."""
         return False
 
+    def micro_batches_in_lockstep(self) -> bool:
+        """True when a micro-batch's loss runs a collective over the learner ranks (a statistic
+        summed over every rank's micro-batch of the same index). Every rank must then run as many
+        micro-batches as the others, and the pipeline tops up the ranks that ran fewer with filler
+        passes (their loss times zero)."""
+        return False
+
     def zero_advantage_is_inert(self) -> bool:
         """True when a sequence whose advantage is exactly 0 adds nothing to the loss or its gradient.
 

@@ -25,6 +25,7 @@ class Actors:
     started_ray: bool
     spawn_worker: Callable[[int], object] | None = None
     fleet: RolloutFleet | None = field(default=None, repr=False)
+    weight_sync: str = "object_store"  # cluster.weight_sync, resolved (weight_sync_mode)
 
     def shutdown(self) -> None:
         for actor in self.learners + self.workers:
@@ -110,6 +111,18 @@ def gpu_shares(gpus: float, learners: int, workers: int) -> tuple[float, float]:
     return learner_share, worker_share
 
 
+def weight_sync_mode(config: RLConfig, learner_gpu: float, worker_gpu: float) -> str:
+    """``cluster.weight_sync`` resolved. ``auto`` broadcasts when every actor has a whole GPU (NCCL
+    wants one device a rank; two processes on one GPU keep the object store) and the run is
+    on-policy (off-policy, a worker may still be generating for a later step when the weights are
+    sent, and the learner would wait for it inside the broadcast)."""
+    mode = config.cluster.weight_sync
+    if mode != "auto":
+        return mode
+    whole_gpus = learner_gpu >= 1.0 and worker_gpu >= 1.0
+    return "broadcast" if whole_gpus and config.rollout.max_staleness == 0 else "object_store"
+
+
 def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
     """One learner per data-parallel rank, ``rollout.num_workers`` generation actors."""
     from rlkit.learner.learner import Learner
@@ -137,6 +150,7 @@ def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
     threads = config.cluster.worker_threads
     workers = [worker_cls.remote(config, reward_funcs, threads=threads) for _ in range(config.rollout.num_workers)]
     actors = Actors(learners=learners, workers=workers, started_ray=started,
+                    weight_sync=weight_sync_mode(config, learner_gpu, worker_gpu),
                     spawn_worker=lambda _index: worker_cls.remote(config, reward_funcs, threads=threads))
     try:
         timeout = config.cluster.start_timeout_s

@@ -191,6 +191,14 @@ class ClusterConfig:
     max_call_retries: int = _help(
         "times one rollout call (a chunk of prompts, a weight load, an evaluation) is sent again after "
         "its worker died, before the run stops", default=3)
+    weight_sync: str = _help(
+        "how new weights reach the rollout workers: object_store (a CPU copy through Ray), broadcast (a "
+        "process group of learner rank 0 and the workers: NCCL GPU to GPU, gloo on CPU), or auto "
+        "(broadcast when learners and workers have GPUs of their own and the run is on-policy)",
+        default="auto")
+    weight_sync_timeout_s: float = _help(
+        "seconds a weight broadcast (or forming its group) may take before it counts as failed and the "
+        "object store takes over for that sync", default=600.0)
 
 
 SECTIONS: dict[str, type] = {

@@ -26,3 +26,4 @@ SLOWEST_RANK = (LEARNER_SECONDS, GRAD_NORM, LEARNING_RATE, WEIGHT_EXPORT_SECONDS
 LEARNER_OVERLAP_SECONDS = "learner_overlap_seconds"
 WEIGHT_SYNC_BYTES = "weight_sync_bytes"
 WEIGHT_LOAD_SECONDS = "weight_load_seconds"
+WEIGHT_GROUPS_FORMED = "weight_groups_formed"  # cluster.weight_sync: broadcast, formed so far in the run

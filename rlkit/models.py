@@ -98,6 +98,14 @@ def trainable_state_dict(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def generation_weights(model) -> dict[str, torch.Tensor]:
+    """The same weights where they live (the learner's device), for a broadcast: the model's own
+    tensors, not copies (a merged copy with LoRA)."""
+    if hasattr(model, "peft_config"):
+        return {k: v.detach() for k, v in _merged_copy(model).state_dict().items()}
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
 def _merged_copy(peft_model):
     import copy
 

@@ -118,7 +118,8 @@ class RLTrainer:
             # ranks must run as many micro-batches
             lockstep = config.learner.zero_stage >= 2 or objective.micro_batches_in_lockstep()
             pipeline = StepPipeline(config, actors.fleet, actors.learners, source, objective.assign_advantages,
-                                    extras=extras, driver_state=objective.driver_state(), equal_passes=lockstep)
+                                    extras=extras, driver_state=objective.driver_state(), equal_passes=lockstep,
+                                    weight_sync=actors.weight_sync)
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:

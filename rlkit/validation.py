@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple] = {
     "learner.zero_stage": (0, 1, 2, 3),
     "data.on_bad_row": ("error", "skip"),
     "cluster.use_gpu": ("auto", "true", "false"),
+    "cluster.weight_sync": ("auto", "object_store", "broadcast"),
 }
 
 MINIMUMS: dict[str, float] = {
@@ -34,7 +35,8 @@ MINIMUMS: dict[str, float] = {
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
     "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0, "cluster.learner_threads": 0, "cluster.worker_threads": 1,
 }
-POSITIVE = ("cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s")
+POSITIVE = ("cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s",
+            "cluster.weight_sync_timeout_s")
 
 
 def load_config(config_file: str | Path | None = None, overrides: dict[str, str] | None = None,

@@ -35,7 +35,8 @@ from rlkit import metric_names as m
 from rlkit.config import RLConfig
 from rlkit.data import RolloutGroup
 from rlkit.driver.micro_batches import MicroBatchFeed, MicroBatchLimits
-from rlkit.driver.recovery import RolloutFleet, WorkerCall, WorkerStream
+from rlkit.driver.recovery import RolloutFleet, WorkerStream
+from rlkit.driver.weight_sync import build_weight_sync
 from rlkit.objectives.hooks import DriverState, ExtraRows
 from rlkit.prompts import PromptSource
 from rlkit.seeding import chunk_seed
@@ -90,7 +91,7 @@ class StepPipeline:
     def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
                  assign_advantages: Callable[[list[RolloutGroup]], None],
                  extras: ExtraRows | None = None, driver_state: DriverState | None = None,
-                 equal_passes: bool = False):
+                 equal_passes: bool = False, weight_sync: str = "object_store"):
         self.config = config
         self.fleet = fleet
         self.learners = learners
@@ -101,6 +102,8 @@ class StepPipeline:
         self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
         self.micro_batch_limits = MicroBatchLimits.from_config(config)
         self.equal_passes = equal_passes  # every learner rank runs as many micro-batches (ZeRO-2/3, ...)
+        self.weights = build_weight_sync(weight_sync, learners, fleet, loopback=not config.cluster.address,
+                                         timeout_s=config.cluster.weight_sync_timeout_s)
         self.next_to_submit = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
@@ -180,7 +183,7 @@ class StepPipeline:
         # the driver sits between the update and the next samples.
         steps = [l.step.remote(stats, step) for l in self.learners]
         t0 = time.perf_counter()
-        loaded = self._send_weights(step + 1)
+        loaded = self.weights.send(step + 1)
         if self.config.rollout.replay_fraction > 0:
             # in prompt order, not arrival order, so which groups a later step replays depends only on
             # the seeds; and before the next steps are submitted, since they may replay it
@@ -190,7 +193,7 @@ class StepPipeline:
         micro_batches = ray.get(learner_calls)
         learner_out = _reduce(ray.get(steps))
         learner_out[m.LEARNER_OVERLAP_SECONDS] = _overlap(micro_batches, started, generated)
-        learner_out.update(self._confirm_weights(loaded))
+        learner_out.update(self.weights.confirm(loaded))
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
@@ -260,21 +263,8 @@ class StepPipeline:
         take = useful[:room]
         return take, _without(groups, take)
 
-    def _send_weights(self, version: int) -> tuple[list[WorkerCall], list[ray.ObjectRef]]:
-        """Queue the export of the learners' weights and their loading into every worker."""
-        exports = [l.export_weights.remote() for l in self.learners]  # all ranks: ZeRO-3 gathers
-        return self.fleet.load_weights(exports[0], version), exports[1:]
-
-    def _confirm_weights(self, sent: tuple[list[WorkerCall], list[ray.ObjectRef]]) -> dict[str, float]:
-        """Wait until every worker holds the new weights; what the sync moved and how long loading took."""
-        loads, other_ranks = sent
-        loaded = self.fleet.results(loads)
-        ray.get(other_ranks)
-        return {m.WEIGHT_SYNC_BYTES: float(max(out["bytes"] for out in loaded)),
-                m.WEIGHT_LOAD_SECONDS: max(out["seconds"] for out in loaded)}
-
     def push_initial_weights(self, version: int) -> None:
-        self._confirm_weights(self._send_weights(version))
+        self.weights.confirm(self.weights.send(version))
 
     # --- checkpoint state ----------------------------------------------------------------------
 

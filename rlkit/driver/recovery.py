@@ -80,8 +80,9 @@ class WorkerCall:
 
 @dataclass
 class _Weights:
-    ref: ray.ObjectRef | None = None  # None: the workers' initial weights are the current ones
+    ref: ray.ObjectRef | None = None  # None (and no export): the workers' initial weights are the current ones
     version: int = 0
+    export: Callable[[], ray.ObjectRef] | None = None  # makes ``ref`` when a worker first needs it
 
 
 class RolloutFleet:
@@ -121,6 +122,17 @@ class RolloutFleet:
     def stream(self, index: int, *args, what: str = "", **kwargs) -> WorkerStream:
         """A ``stream_groups`` call: its groups arrive as the worker yields them."""
         return WorkerStream(self, self.generate(index, *args, what=what, method="stream_groups", **kwargs))
+
+    def set_weights_source(self, version: int, export: Callable[[], ray.ObjectRef]) -> None:
+        """The workers are given ``version`` some other way (a broadcast); a worker brought back
+        later gets it from ``export()``, called only then."""
+        self.weights = _Weights(None, version, export)
+
+    def weights_ref(self) -> ray.ObjectRef | None:
+        """The current weights in the object store (exported now if they were sent another way)."""
+        if self.weights.ref is None and self.weights.export is not None:
+            self.weights.ref = self.weights.export()
+        return self.weights.ref
 
     def load_weights(self, weights: ray.ObjectRef, version: int) -> list[WorkerCall]:
         """Queue ``set_weights`` on every worker; calls sent after this one run on these weights."""
@@ -232,11 +244,12 @@ class RolloutFleet:
 
     def _reload_weights(self, i: int, started: float) -> None:
         """Load the current weights into worker ``i`` and wait until it has them."""
-        if self.weights.ref is None:  # nothing trained yet: a fresh worker already holds them
+        ref = self.weights_ref()
+        if ref is None:  # nothing trained yet: a fresh worker already holds them
             self.incarnations[i] = ray.get(self.workers[i].incarnation.remote())
             return
-        load = WorkerCall(i, "set_weights", (self.weights.ref, self.weights.version), {},
-                          self.workers[i].set_weights.remote(self.weights.ref, self.weights.version),
+        load = WorkerCall(i, "set_weights", (ref, self.weights.version), {},
+                          self.workers[i].set_weights.remote(ref, self.weights.version),
                           self.incarnations[i], what=f"weights v{self.weights.version}")
         self.result(load)  # a death during the load is recovered like any other
 

@@ -277,6 +277,40 @@ class Learner:
         self.export_seconds = time.perf_counter() - started  # reported with the next step
         return state
 
+    # --- the weight-broadcast group (cluster.weight_sync: broadcast) ----------------------------
+
+    def weight_specs(self) -> list:
+        """Names, shapes and dtypes of what :meth:`broadcast_weights` sends (all ranks: ZeRO-3 gathers)."""
+        from rlkit.models import generation_weights
+        from rlkit.weight_broadcast import tensor_specs
+
+        with _gathered(self.engine, self.config.learner.zero_stage):
+            return tensor_specs(generation_weights(self.engine.module)) if self.rank == 0 else []
+
+    def join_weight_group(self, host: str, port: int, world_size: int, timeout_s: float) -> None:
+        """Rank 0 hosts the group as its rank 0 (a group formed again replaces the old one)."""
+        from rlkit.weight_broadcast import WeightGroup
+
+        self.weight_group = WeightGroup(host, port, 0, world_size, self.device, timeout_s)
+
+    def broadcast_weights(self) -> dict[str, Any]:
+        """Send the current weights to the group's workers (rank 0; every rank takes part in the
+        ZeRO-3 gather). A failure (a worker gone midway) is reported, not raised: the driver then
+        falls back to the object store for this sync and forms the group again."""
+        from rlkit.models import generation_weights
+
+        started = time.perf_counter()
+        with _gathered(self.engine, self.config.learner.zero_stage):
+            if self.rank != 0:
+                return {"bytes": 0, "seconds": 0.0, "error": None}
+            try:
+                sent = self.weight_group.send(generation_weights(self.engine.module))
+            except Exception as exc:  # noqa: BLE001 - a broken group is the driver's to handle
+                self.weight_group = None
+                return {"bytes": 0, "seconds": time.perf_counter() - started, "error": f"{type(exc).__name__}: {exc}"}
+        self.export_seconds = time.perf_counter() - started
+        return {"bytes": sent, "seconds": self.export_seconds, "error": None}
+
     def save_checkpoint(self, path: str, client_state: dict[str, Any]) -> None:
         state = {"objective": self.objective.state_dict(), "torch_rng": torch.get_rng_state(), **client_state}
         self.engine.save_checkpoint(path, tag="learner", client_state=state)

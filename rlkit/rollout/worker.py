@@ -34,8 +34,8 @@ class RolloutWorker:
         # a new id for every start of this actor: the driver tells a restarted worker by it
         self._incarnation = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tokenizer = load_tokenizer(config.model)
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.engine: Engine = build_engine(config, device)
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.engine: Engine = build_engine(config, self.device)
         # plugin references are resolved where the rewards run (the reward actors, or here)
         self.rewards = None  # multi-turn environments score their own turns
         if reward_funcs:
@@ -63,6 +63,23 @@ class RolloutWorker:
         self.engine.load_weights(state_dict, version)
         return {"incarnation": self._incarnation, "seconds": time.perf_counter() - started,
                 "bytes": sum(t.numel() * t.element_size() for t in state_dict.values())}
+
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, specs: list,
+                          timeout_s: float) -> str:
+        """Join the learner's weight-broadcast group as ``rank``; the incarnation that joined."""
+        from rlkit.weight_broadcast import WeightGroup
+
+        self.weight_group = WeightGroup(host, port, rank, world_size, self.device, timeout_s)
+        self.weight_specs = specs
+        return self._incarnation
+
+    def receive_weights(self, version: int) -> dict[str, Any]:
+        """Take the weights the learner broadcasts, as :meth:`set_weights` takes them from the object store."""
+        started = time.perf_counter()
+        state = self.weight_group.receive(self.weight_specs)
+        self.engine.load_weights(state, version)
+        return {"incarnation": self._incarnation, "seconds": time.perf_counter() - started,
+                "bytes": sum(t.numel() * t.element_size() for t in state.values())}
 
     def peak_memory(self) -> dict[str, float | None]:
         from rlkit.learner.learner import peak_memory

@@ -142,8 +142,8 @@ class LearnerConfig:
     warmup_steps: int = _help("linear warm-up steps", default=0)
     micro_batch_tokens: int = _help(
         "learner micro-batch budget in padded tokens, sequences x (longest prompt + longest completion); "
-        "whole groups are packed until the next would pass it; sets memory, not the algorithm; 0 = no "
-        "token cap", default=16384)
+        "whole groups are packed until the next would pass it (a larger group goes alone); sets memory, "
+        "not the algorithm; 0 = no token cap", default=8192)
     micro_batch_size: int = _help(
         "cap on the sequences of one learner micro-batch (whole groups: a multiple of "
         "rollout.num_generations); 0 = only micro_batch_tokens limits it", default=0)

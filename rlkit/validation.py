@@ -7,10 +7,13 @@ message naming the key, instead of minutes later inside an actor.
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 
 from rlkit.config import (ConfigError, RLConfig, apply_mapping, apply_overrides, normalize_objective, read_yaml,
                           recipe_path)
+
+logger = logging.getLogger("rlkit.config")
 
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -98,10 +101,12 @@ def _check_relations(config: RLConfig) -> None:
                           f"rollout.num_generations ({group}): a micro-batch holds whole groups; try {low}")
     one_group = group * (rollout.max_completion_length + 1)
     if learner.micro_batch_tokens and learner.micro_batch_tokens < one_group:
-        raise ConfigError(
-            f"learner.micro_batch_tokens ({learner.micro_batch_tokens}) cannot hold one group: "
-            f"rollout.num_generations x (rollout.max_completion_length + a prompt token) = {one_group} "
-            f"padded tokens at least; raise it or set 0 (no token cap)")
+        # not an error: a group over the budget is trained alone, in a micro-batch of its own
+        logger.warning(
+            "learner.micro_batch_tokens (%d) may not hold one group: rollout.num_generations x "
+            "(rollout.max_completion_length + a prompt token) = %d padded tokens at least; a group over "
+            "the budget is a micro-batch alone, so learner memory follows the group, not the budget",
+            learner.micro_batch_tokens, one_group)
     if rollout.max_batch_tokens and rollout.max_batch_tokens < rollout.max_completion_length + 1:
         raise ConfigError(f"rollout.max_batch_tokens ({rollout.max_batch_tokens}) cannot hold even one sequence "
                           f"of rollout.max_completion_length ({rollout.max_completion_length}) tokens")

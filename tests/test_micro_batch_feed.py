@@ -65,9 +65,14 @@ def test_limits_come_from_the_config_with_a_rank_share_only_for_several_ranks():
     assert MicroBatchLimits.from_config(load_config(None, {})).max_groups == 0
 
 
-def test_a_budget_that_cannot_hold_one_group_is_refused_by_name():
-    with pytest.raises(ConfigError, match=r"learner.micro_batch_tokens \(40\) cannot hold one group: .* = 72"):
-        load_config(None, {"learner.micro_batch_tokens": "40"})  # 8 x (8 + 1)
+def test_a_budget_smaller_than_one_group_is_named_in_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="rlkit.config"):
+        load_config(None, {"learner.micro_batch_tokens": "40"})
+    assert "learner.micro_batch_tokens (40) may not hold one group" in caplog.text and "= 72 padded" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlkit.config"):
+        load_config(None, {})  # the default budget holds a default group
+    assert "micro_batch_tokens" not in caplog.text
     with pytest.raises(ConfigError, match="learner.micro_batch_size"):
         load_config(None, {"learner.micro_batch_size": "12"})
     # prompts_per_step no longer has to divide into micro-batches

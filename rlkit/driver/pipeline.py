@@ -102,8 +102,8 @@ class StepPipeline:
         self.pending: dict[int, list[Generation]] = {}  # step -> its generation calls
         self.micro_batch_limits = MicroBatchLimits.from_config(config)
         self.equal_passes = equal_passes  # every learner rank runs as many micro-batches (ZeRO-2/3, ...)
-        self.weights = build_weight_sync(weight_sync, learners, fleet, loopback=not config.cluster.address,
-                                         timeout_s=config.cluster.weight_sync_timeout_s)
+        self.weight_sync = build_weight_sync(weight_sync, learners, fleet, loopback=not config.cluster.address,
+                                             timeout_s=config.cluster.weight_sync_timeout_s)
         self.next_to_submit = 0
         self.dynamic_sampling = dynamic_sampling_enabled(config)
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
@@ -183,7 +183,7 @@ class StepPipeline:
         # the driver sits between the update and the next samples.
         steps = [l.step.remote(stats, step) for l in self.learners]
         t0 = time.perf_counter()
-        loaded = self.weights.send(step + 1)
+        loaded = self.weight_sync.send(step + 1)
         if self.config.rollout.replay_fraction > 0:
             # in prompt order, not arrival order, so which groups a later step replays depends only on
             # the seeds; and before the next steps are submitted, since they may replay it
@@ -193,7 +193,7 @@ class StepPipeline:
         micro_batches = ray.get(learner_calls)
         learner_out = _reduce(ray.get(steps))
         learner_out[m.LEARNER_OVERLAP_SECONDS] = _overlap(micro_batches, started, generated)
-        learner_out.update(self.weights.confirm(loaded))
+        learner_out.update(self.weight_sync.confirm(loaded))
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
@@ -264,7 +264,7 @@ class StepPipeline:
         return take, _without(groups, take)
 
     def push_initial_weights(self, version: int) -> None:
-        self.weights.confirm(self.weights.send(version))
+        self.weight_sync.confirm(self.weight_sync.send(version))
 
     # --- checkpoint state ----------------------------------------------------------------------
 

@@ -120,7 +120,8 @@ def test_a_learner_killed_mid_run_stops_it_with_the_command_that_resumes_it(tmp_
     monkeypatch.setenv("RLKIT_TEST_LOSS_CALLS", str(tmp_path / "loss_calls"))
     env = ArithEnv()
     out = tmp_path / "run"
-    config = small_config(out)  # two micro-batches a step
+    config = small_config(out)
+    config.learner.micro_batch_size = 64  # two micro-batches a step (the token budget alone makes one)
     config.save_steps = 1
     config.objective.name = f"{__file__}:LearnerKillingGRPO"
     trainer = RLTrainer(args=config, train_dataset=env.dataset("train")[:200], eval_dataset=env.dataset("eval")[:8])

@@ -127,19 +127,17 @@ class TrainBatch:
         rows = [(g, r) for g in groups for r in g.rollouts]
         width_p = max(len(g.prompt_ids) for g in groups)
         width_c = max(1, max(len(r.completion_ids) for _, r in rows))
-        prompt_ids = torch.full((len(rows), width_p), pad_token_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(rows), width_p), dtype=torch.long)
-        completion_ids = torch.full((len(rows), width_c), pad_token_id, dtype=torch.long)
-        completion_mask = torch.zeros((len(rows), width_c), dtype=torch.long)
-        behavior = torch.zeros((len(rows), width_c), dtype=torch.float32)
-        for i, (group, rollout) in enumerate(rows):
-            p, c = len(group.prompt_ids), len(rollout.completion_ids)
-            prompt_ids[i, width_p - p:] = torch.tensor(group.prompt_ids)
-            prompt_mask[i, width_p - p:] = 1
-            if c:
-                completion_ids[i, :c] = torch.tensor(rollout.completion_ids)
-                completion_mask[i, :c] = 1
-                behavior[i, :c] = torch.tensor(rollout.behavior_logprobs)
+        # padded rows built as lists and turned into tensors once: one tensor call per field, not
+        # one per row (a few ms a micro-batch on the tiny model, where a step takes 0.16 s)
+        pads_p = [width_p - len(g.prompt_ids) for g, _ in rows]
+        pads_c = [width_c - len(r.completion_ids) for _, r in rows]
+        prompt_ids = torch.tensor([[pad_token_id] * pad + list(g.prompt_ids) for (g, _), pad in zip(rows, pads_p)],
+                                  dtype=torch.long)
+        prompt_mask = torch.tensor([[0] * pad + [1] * (width_p - pad) for pad in pads_p], dtype=torch.long)
+        completion_ids = torch.tensor([list(r.completion_ids) + [pad_token_id] * pad
+                                       for (_, r), pad in zip(rows, pads_c)], dtype=torch.long)
+        completion_mask = torch.tensor([[1] * (width_c - pad) + [0] * pad for pad in pads_c], dtype=torch.long)
+        behavior = torch.tensor([_padded(r.behavior_logprobs, width_c) for _, r in rows], dtype=torch.float32)
         batch = cls(
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
             completion_mask=completion_mask, behavior_logprobs=behavior,
@@ -159,6 +157,12 @@ class TrainBatch:
             for i, (_, rollout) in enumerate(rows):
                 batch.stored_logprobs[i, :len(rollout.stored_logprobs)] = torch.tensor(rollout.stored_logprobs)
         return batch
+
+
+def _padded(values: list[float], width: int) -> list[float]:
+    if len(values) > width:
+        raise ValueError(f"{len(values)} per-token values for a completion padded to {width} tokens")
+    return list(values) + [0.0] * (width - len(values))
 
 
 def _advantages(batch: TrainBatch, rollouts: list[Rollout]) -> torch.Tensor | None:

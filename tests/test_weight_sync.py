@@ -61,6 +61,14 @@ def test_auto_broadcasts_only_with_a_gpu_each_and_on_policy():
     assert weight_sync_mode(load_config(None, {"cluster.weight_sync": "broadcast"}), 0.0, 0.0) == "broadcast"
 
 
+def assert_same_step(before: dict, after: dict) -> None:
+    for key in ("reward_mean", "trained_groups"):  # the same samples
+        assert after[key] == pytest.approx(before[key], abs=1e-9), key
+    for key in ("loss", "entropy"):
+        assert after[key] == pytest.approx(before[key], abs=1e-5), key
+    assert after["grad_norm"] == pytest.approx(before["grad_norm"], rel=1e-4)
+
+
 def small_config(out: Path, **extra) -> RLConfig:
     return RLConfig(max_steps=3, save_steps=0, output_dir=str(out), progress=False, plot=False, tensorboard=False,
                     prompts_per_step=16, eval_limit=8, **extra)
@@ -73,10 +81,11 @@ def test_broadcast_gives_the_workers_the_same_weights_as_the_object_store(tmp_pa
         config = small_config(tmp_path / mode, rollout={"num_workers": 2}, cluster={"weight_sync": mode})
         RLTrainer(args=config).train()
         runs[mode] = read_metrics(tmp_path / mode / "metrics.jsonl")
-    # the same weights in the workers: the same samples, hence the same rewards and updates
+    # the same weights in the workers: the same samples, hence the same rewards and updates (up to
+    # float summation order: two workers' groups reach the learner in the order they end)
     for plain, broadcast in zip(runs["object_store"], runs["broadcast"]):
-        for key in ("reward_mean", "loss", "entropy", "grad_norm", "weight_sync_bytes"):
-            assert broadcast[key] == pytest.approx(plain[key], abs=1e-6), key
+        assert_same_step(plain, broadcast)
+        assert broadcast["weight_sync_bytes"] == plain["weight_sync_bytes"]
         assert broadcast["weight_groups_formed"] == 1  # formed once, before the first sync
         assert "weight_groups_formed" not in plain
 
@@ -106,8 +115,7 @@ def test_a_worker_replaced_mid_run_rejoins_a_group_formed_again(tmp_path):
     # call 1 is the evaluation before training; call 4 scores groups of step 2 (several calls a step)
     killed = run("killed", kill_at=4)
     for before, after in zip(steady, killed):
-        for key in ("reward_mean", "loss", "entropy", "trained_groups"):
-            assert after[key] == pytest.approx(before[key], abs=1e-6), key
+        assert_same_step(before, after)
     assert [m["weight_groups_formed"] for m in steady] == [1, 1, 1]
     # the replacement got the weights from a CPU export, then the group was formed again with it
     assert killed[-1]["weight_groups_formed"] == 2
@@ -140,7 +148,6 @@ def test_a_worker_dying_inside_a_broadcast_gets_the_weights_through_the_object_s
         runs[name] = read_metrics(tmp_path / name / "metrics.jsonl")
     assert (tmp_path / "died").exists()  # one worker died receiving v2, at the end of step 2
     for before, after in zip(runs["steady"], runs["dying"]):
-        for key in ("reward_mean", "loss", "entropy", "trained_groups"):
-            assert after[key] == pytest.approx(before[key], abs=1e-6), key
+        assert_same_step(before, after)
     # its replacement was given v2 through the object store, then the group was formed again
     assert [m["weight_groups_formed"] for m in runs["dying"]] == [1, 1, 2]

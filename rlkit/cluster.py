@@ -117,9 +117,14 @@ def weight_sync_mode(config: RLConfig, learner_gpu: float, worker_gpu: float) ->
     on-policy (off-policy, a worker may still be generating for a later step when the weights are
     sent, and the learner would wait for it inside the broadcast)."""
     mode = config.cluster.weight_sync
+    whole_gpus = learner_gpu >= 1.0 and worker_gpu >= 1.0
+    if mode == "broadcast" and (learner_gpu or worker_gpu) and not whole_gpus:
+        raise ConfigError(
+            f"cluster.weight_sync: broadcast needs a GPU of its own for every learner and rollout worker "
+            f"(NCCL cannot pair two processes on one GPU); here they share GPUs (learner {learner_gpu:g}, "
+            f"worker {worker_gpu:g} of a GPU each). Use cluster.weight_sync: auto or object_store")
     if mode != "auto":
         return mode
-    whole_gpus = learner_gpu >= 1.0 and worker_gpu >= 1.0
     return "broadcast" if whole_gpus and config.rollout.max_staleness == 0 else "object_store"
 
 
@@ -131,14 +136,15 @@ def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
     started = start_ray(config)
     world = config.learner.num_learners
     learner_gpu, worker_gpu = 0.0, 0.0
-    if _use_gpu(config):
-        try:
+    try:
+        if _use_gpu(config):
             learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0), world,
                                                  config.rollout.num_workers)
-        except ConfigError:
-            if started:
-                ray.shutdown()
-            raise
+        sync = weight_sync_mode(config, learner_gpu, worker_gpu)
+    except ConfigError:
+        if started:
+            ray.shutdown()
+        raise
     # learners hold optimizer state that a restart would lose: a dead learner ends the run (resume
     # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
     # as often as needed, and the fleet stops a run whose calls keep killing them.
@@ -150,7 +156,7 @@ def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
     threads = config.cluster.worker_threads
     workers = [worker_cls.remote(config, reward_funcs, threads=threads) for _ in range(config.rollout.num_workers)]
     actors = Actors(learners=learners, workers=workers, started_ray=started,
-                    weight_sync=weight_sync_mode(config, learner_gpu, worker_gpu),
+                    weight_sync=sync,
                     spawn_worker=lambda _index: worker_cls.remote(config, reward_funcs, threads=threads))
     try:
         timeout = config.cluster.start_timeout_s

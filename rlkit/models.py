@@ -92,10 +92,8 @@ def trainable_state_dict(model) -> dict[str, torch.Tensor]:
 
     With LoRA the adapters are merged into a copy so rollout workers keep a plain model.
     """
-    if hasattr(model, "peft_config"):
-        merged = _merged_copy(model)
-        return {k: v.detach().cpu() for k, v in merged.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    fresh = hasattr(model, "peft_config")  # the merged copy is the model's already; otherwise copy
+    return {k: v.cpu() if fresh else v.cpu().clone() for k, v in generation_weights(model).items()}
 
 
 def generation_weights(model) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ import torch
 
 from rlkit import RLConfig
 from rlkit.cluster import weight_sync_mode
+from rlkit.config import ConfigError
 from rlkit.runs import read_metrics
 from rlkit.trainer import RLTrainer
 from rlkit.validation import load_config
@@ -59,6 +60,8 @@ def test_auto_broadcasts_only_with_a_gpu_each_and_on_policy():
     stale = load_config(None, {"rollout.max_staleness": "1", "rollout.schedule": "periodic_async"})
     assert weight_sync_mode(stale, 1.0, 1.0) == "object_store"
     assert weight_sync_mode(load_config(None, {"cluster.weight_sync": "broadcast"}), 0.0, 0.0) == "broadcast"
+    with pytest.raises(ConfigError, match=r"cluster.weight_sync: broadcast needs a GPU of its own .*learner 0.5"):
+        weight_sync_mode(load_config(None, {"cluster.weight_sync": "broadcast"}), 0.5, 0.49)  # one GPU shared
 
 
 def assert_same_step(before: dict, after: dict) -> None:

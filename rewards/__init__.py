@@ -12,4 +12,4 @@ def completion_text(completion: Any) -> str:
 
 # imported after completion_text, which they use
 from rlkit.rewards import exact_match, format, length, math  # noqa: E402,F401
-from rlkit.rewards import code_exec  # noqa: E402,F401
+from rlkit.rewards import code_exec, majority_vote  # noqa: E402,F401

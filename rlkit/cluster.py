@@ -26,9 +26,12 @@ class Actors:
     spawn_worker: Callable[[int], object] | None = None
     fleet: RolloutFleet | None = field(default=None, repr=False)
     weight_sync: str = "object_store"  # cluster.weight_sync, resolved (weight_sync_mode)
+    # F-TIS collaborators (rollout.collaborators): their rollout workers, and a fleet per collaborator
+    collaborator_workers: dict[str, list] = field(default_factory=dict)
+    collaborator_fleets: dict[str, RolloutFleet] = field(default_factory=dict, repr=False)
 
     def shutdown(self) -> None:
-        for actor in self.learners + self.workers:
+        for actor in self.learners + self.workers + [w for ws in self.collaborator_workers.values() for w in ws]:
             ray.kill(actor)
         if self.started_ray:
             ray.shutdown()
@@ -79,7 +82,10 @@ def start_ray(config: RLConfig) -> bool:
     # says otherwise, they run at the driver's priority. (A cluster joined by address keeps what its
     # `ray start` was given: RAY_worker_niceness=0 ray start ...)
     os.environ.setdefault("RAY_worker_niceness", "0")
-    actors = config.learner.num_learners + config.rollout.num_workers
+    from rlkit.rollout.collaborators import parse_collaborators
+
+    actors = config.learner.num_learners + config.rollout.num_workers + sum(
+        c.num_workers for c in parse_collaborators(config))
     # Actors each take one CPU; on a small machine tell Ray there are enough so they all start
     # (they then share the cores, which is what we want for a laptop-sized run).
     cpus = config.cluster.num_cpus or max(os.cpu_count() or 1, actors)
@@ -128,7 +134,7 @@ def weight_sync_mode(config: RLConfig, learner_gpu: float, worker_gpu: float) ->
     return "broadcast" if whole_gpus and config.rollout.max_staleness == 0 else "object_store"
 
 
-def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
+def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list | None = None) -> Actors:
     """One learner per data-parallel rank, ``rollout.num_workers`` generation actors."""
     from rlkit.learner.learner import Learner
     from rlkit.rollout.worker import RolloutWorker
@@ -138,8 +144,11 @@ def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
     learner_gpu, worker_gpu = 0.0, 0.0
     try:
         if _use_gpu(config):
-            learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0), world,
-                                                 config.rollout.num_workers)
+            # collaborators' rollout workers (F-TIS) take a worker's share each
+            from rlkit.rollout.collaborators import parse_collaborators
+
+            workers = config.rollout.num_workers + sum(c.num_workers for c in parse_collaborators(config))
+            learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0), world, workers)
         sync = weight_sync_mode(config, learner_gpu, worker_gpu)
     except ConfigError:
         if started:
@@ -154,10 +163,24 @@ def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
                 for r in range(world)]
     worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)
     threads = config.cluster.worker_threads
-    workers = [worker_cls.remote(config, reward_funcs, threads=threads) for _ in range(config.rollout.num_workers)]
-    actors = Actors(learners=learners, workers=workers, started_ray=started,
-                    weight_sync=sync,
-                    spawn_worker=lambda _index: worker_cls.remote(config, reward_funcs, threads=threads))
+    def spawn_worker(_index=None):
+        return worker_cls.remote(config, reward_funcs, threads=threads, eval_reward_funcs=eval_reward_funcs)
+
+    workers = [spawn_worker() for _ in range(config.rollout.num_workers)]
+    actors = Actors(learners=learners, workers=workers, started_ray=started, weight_sync=sync,
+                    spawn_worker=spawn_worker)
+    from rlkit.rollout.collaborators import parse_collaborators
+
+    collaborator_spawns = {}
+    for collaborator in parse_collaborators(config):
+        own = collaborator.worker_config(config)
+
+        def spawn_collaborator(_index=None, own=own, source=collaborator.source):
+            return worker_cls.remote(own, reward_funcs, threads=threads, source=source)
+
+        collaborator_spawns[collaborator.name] = spawn_collaborator
+        actors.collaborator_workers[collaborator.name] = [spawn_collaborator()
+                                                          for _ in range(collaborator.num_workers)]
     try:
         timeout = config.cluster.start_timeout_s
         # ranks meet on the machine Ray gave rank 0, which on a cluster need not be the driver's
@@ -165,8 +188,13 @@ def place_actors(config: RLConfig, reward_funcs: list) -> Actors:
             loopback=not config.cluster.address)}, timeout)["learner rank 0"]
         # surface constructor errors (bad model, DeepSpeed failure) here, with the actor's traceback
         wait_for_start({f"learner rank {r}": learner.connect.remote(*address) for r, learner in enumerate(learners)}
-                       | {f"rollout worker {i}": w.__ray_ready__.remote() for i, w in enumerate(workers)}, timeout)
+                       | {f"rollout worker {i}": w.__ray_ready__.remote() for i, w in enumerate(workers)}
+                       | {f"collaborator {name} worker {i}": w.__ray_ready__.remote()
+                          for name, ws in actors.collaborator_workers.items() for i, w in enumerate(ws)}, timeout)
         actors.fleet = RolloutFleet(workers, RecoverySettings.from_config(config), spawn=actors.spawn_worker)
+        actors.collaborator_fleets = {
+            name: RolloutFleet(ws, RecoverySettings.from_config(config), spawn=collaborator_spawns[name])
+            for name, ws in actors.collaborator_workers.items()}
     except BaseException:
         actors.shutdown()
         raise

@@ -70,6 +70,10 @@ class DataConfig:
     shuffle: bool = _help("shuffle training prompts each epoch", default=True)
     on_bad_row: str = _help("a malformed row: `error` refuses the dataset, `skip` drops the row", default="error")
     eval_limit: int = _help("evaluate on at most this many held-out rows (0 = all)", default=0)
+    label_free: bool = _help(
+        "test-time RL (TTRL/ETTRL): training rows keep only the prompt column, so no answer reaches the "
+        "rollout workers, rewards or learners; use a label-free reward (majority_vote). Evaluation "
+        "still scores held-out rows against their answers (rewards.eval_funcs)", default=False)
 
 
 @dataclass
@@ -78,6 +82,9 @@ class RewardsConfig:
         "reward plugins (names, file.py:fn or module:fn); empty = the environment's defaults",
         default_factory=list)
     weights: list[float] | None = _help("one weight per reward function (default all 1)", default=None)
+    eval_funcs: list[str] = _help(
+        "reward plugins of evaluation (pass rate, pass@k); empty = rewards.funcs, or the environment's "
+        "defaults when data.label_free", default_factory=list)
     pass_threshold: float = _help("a greedy completion passes evaluation when its total reward is at least this",
                                   default=1.0)
     args: dict[str, dict[str, Any]] = _help(
@@ -124,6 +131,20 @@ class RolloutConfig:
         "ratio is taken against the log-probs recorded when they were sampled); 0 disables replay",
         default=0.0)
     replay_buffer_steps: int = _help("replayed groups come from the last this many steps", default=4)
+    sampler: str = _help(
+        "how a prompt's group is sampled: flat (num_generations independent completions) or entropy_tree "
+        "(ETTRL's ETMR: M roots, each forked at its fork_points highest-entropy tokens into fork_branches "
+        "continuations that reuse the prefix; num_generations = M x (1 + fork_points x fork_branches))",
+        default="flat")
+    fork_points: int = _help("entropy_tree: forks per root (N), at its highest-entropy positions", default=2)
+    fork_branches: int = _help("entropy_tree: continuations sampled from each fork (B)", default=2)
+    fork_entropy: str = _help(
+        "entropy_tree: what ranks fork positions: shannon (the entropy of the sampling distribution) or "
+        "surprisal (-log p of the sampled token, as TreeRL)", default="shannon")
+    collaborators: list[dict[str, Any]] = _help(
+        "F-TIS collaborators: rollout workers serving other models (same tokenizer) that share whole groups "
+        "each step, e.g. [{name: deep, model: tiny-arith-2l, prompts_per_step: 16}] (keys: name, model, "
+        "prompts_per_step, num_workers, temperature); train with objective ftis to weigh them", default_factory=list)
     max_sampling_rounds: int = _help(
         "extra generation rounds a step may take to fill itself under dynamic sampling; a step still "
         "short after them is topped up with zero-variance groups (they carry no gradient)", default=3)

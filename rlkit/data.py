@@ -53,6 +53,9 @@ class RolloutGroup:
     rollouts: list[Rollout]
     policy_version: int
     source: str = "policy"  # which model produced it (collaborators later)
+    # tokens sampled to make the group; fewer than its completions' lengths when they share
+    # prefixes (rollout.sampler: entropy_tree); None when not counted
+    generated_tokens: int | None = None
     # reward and environment failures met while scoring this group (logged by the driver)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -101,6 +104,8 @@ class TrainBatch:
     # turn's advantage, 0 off the loss mask) when any row has per-turn ones
     advantages: torch.Tensor | None = None
     advantage_extras: dict[str, torch.Tensor] | None = None  # [B] each, when every row has the same ones
+    # [B] bool: rows an F-TIS collaborator sampled (another model); None when every row is the policy's
+    shared: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -145,6 +150,8 @@ class TrainBatch:
             policy_versions=torch.tensor([g.policy_version for g, _ in rows]),
             group_size=sizes.pop(),
         )
+        if any(g.source.startswith("collaborator:") for g in groups):
+            batch.shared = torch.tensor([g.source.startswith("collaborator:") for g, _ in rows])
         if any(g.multi_turn for g in groups):
             _add_turns(batch, groups, [r for _, r in rows])
         batch.advantages = _advantages(batch, [r for _, r in rows])

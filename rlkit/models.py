@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from rlkit.config import ModelConfig
 
 ASSETS_DIR = Path(__file__).parent / "assets"
-BUNDLED_MODELS = {"tiny-arith": ASSETS_DIR / "tiny-arith"}
+BUNDLED_MODELS = {"tiny-arith": ASSETS_DIR / "tiny-arith", "tiny-arith-2l": ASSETS_DIR / "tiny-arith-2l"}
 
 def _cache_kwarg() -> str:
     from transformers.modeling_outputs import CausalLMOutputWithPast

@@ -160,17 +160,20 @@ def objective(name: str):
     return objectives.register(name)
 
 
-def advantage_estimator(name: str, *, turn_level: bool = False):
+def advantage_estimator(name: str, *, turn_level: bool = False, needs_entropy: bool = False):
     """Decorator registering an advantage estimator under ``name``.
 
     ``fn(rewards, config)`` maps ``[num_groups, G]`` rewards to advantages of the same shape; with
     ``turn_level=True``, ``fn(turn_rewards, reached, config)`` maps ``[num_groups, G, T]`` per-turn
     rewards to per-turn advantages. ``config`` is the objective's config: an estimator reads the
     knobs it knows (``scale_rewards``...) and takes its own default where the objective has none.
+    With ``needs_entropy=True`` it is called as ``fn(rewards, config, mean_entropy=...)``, with each
+    completion's mean token entropy ``[num_groups, G]`` (of the distributions it was sampled from).
     """
 
     def add(fn):
         fn.turn_level = turn_level
+        fn.needs_entropy = needs_entropy
         return advantage_estimators.register(name)(fn)
 
     return add

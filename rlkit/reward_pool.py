@@ -47,7 +47,7 @@ MAX_RECONNECTS = 3  # sends of one call to an actor that was out of reach
 
 class RewardScorer(Protocol):
     def score(self, prompts: list[Any], completions: list[str], completion_ids: list[list[int]],
-              rows: list[dict[str, Any]]) -> RewardOutcome: ...
+              rows: list[dict[str, Any]], group_ids: list[int] | None = None) -> RewardOutcome: ...
 
     def close(self) -> None: ...
 
@@ -107,8 +107,8 @@ class RewardPool:
         self._wait_ready(self._actors)
 
     def score(self, prompts: list[Any], completions: list[str], completion_ids: list[list[int]],
-              rows: list[dict[str, Any]]) -> RewardOutcome:
-        batch = RewardBatch.from_rows(prompts, completions, completion_ids, rows)
+              rows: list[dict[str, Any]], group_ids: list[int] | None = None) -> RewardOutcome:
+        batch = RewardBatch.from_rows(prompts, completions, completion_ids, rows, group_ids)
         self._retries: list[dict[str, Any]] = []
         outcome = combine(self.names, self.weights, batch, rows, self._run(batch))
         outcome.retries = self._retries

@@ -22,6 +22,7 @@ logic both executors share (calling one function and checking its output, combin
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -50,12 +51,17 @@ class RewardBatch:
     completions: list[str]
     completion_ids: list[list[int]]
     columns: dict[str, list[Any]]
+    # which group (prompt) of the batch each completion belongs to; given only to rewards that name
+    # a ``group_ids`` parameter (a reward over a whole group, e.g. ``majority_vote``)
+    group_ids: list[int] | None = None
 
     @classmethod
-    def from_rows(cls, prompts, completions, completion_ids, rows: list[dict[str, Any]]) -> RewardBatch:
-        keys = set().union(*(row.keys() for row in rows)) - {"prompt", "completions", "completion_ids"}
+    def from_rows(cls, prompts, completions, completion_ids, rows: list[dict[str, Any]],
+                  group_ids: list[int] | None = None) -> RewardBatch:
+        keys = set().union(*(row.keys() for row in rows)) - {"prompt", "completions", "completion_ids", "group_ids"}
         columns = {key: [row.get(key) for row in rows] for key in sorted(keys)}
-        return cls(list(prompts), list(completions), list(completion_ids), columns)
+        return cls(list(prompts), list(completions), list(completion_ids), columns,
+                   None if group_ids is None else list(group_ids))
 
 
 @dataclass
@@ -105,9 +111,10 @@ def check_weights(weights: list[float] | None, num_funcs: int) -> list[float]:
 def score_one(fn: RewardFn, batch: RewardBatch) -> RewardScores:
     """Call ``fn`` on the batch, in this thread, and check what it returned."""
     n = len(batch.completions)
+    extra = {"group_ids": batch.group_ids} if wants_group_ids(fn) else {}
     try:
         raw = fn(prompts=batch.prompts, completions=batch.completions, completion_ids=batch.completion_ids,
-                 **batch.columns)
+                 **batch.columns, **extra)
     except (Exception, SystemExit) as exc:  # a user's reward must never take the run down
         return RewardScores.failed(n, f"{type(exc).__name__}: {exc}")
     if not isinstance(raw, (list, tuple)) or len(raw) != n:
@@ -125,6 +132,14 @@ def score_one(fn: RewardFn, batch: RewardBatch) -> RewardScores:
             kind = "non-finite" if isinstance(value, numbers.Real) else "non-numeric"
             scores.bad_values[i] = f"{kind} value {repr(value)[:80]}"
     return scores
+
+
+def wants_group_ids(fn: RewardFn) -> bool:
+    """Whether ``fn`` names a ``group_ids`` parameter (a reward that compares a group's completions)."""
+    try:
+        return "group_ids" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
 
 
 def score_one_with_timeout(name: str, fn: RewardFn, batch: RewardBatch, timeout_s: float | None) -> RewardScores:
@@ -208,8 +223,8 @@ class RewardRunner:
         self.timeout_s = timeout_s
 
     def score(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]],
-              rows: list[dict[str, Any]]) -> RewardOutcome:
-        batch = RewardBatch.from_rows(prompts, completions, completion_ids, rows)
+              rows: list[dict[str, Any]], group_ids: list[int] | None = None) -> RewardOutcome:
+        batch = RewardBatch.from_rows(prompts, completions, completion_ids, rows, group_ids)
         scores = [score_one_with_timeout(name, fn, batch, self.timeout_s) for name, fn in self.funcs]
         return combine([name for name, _ in self.funcs], self.weights, batch, rows, scores)
 

@@ -47,9 +47,17 @@ class RLTrainer:
             given = [reward_funcs] if single else list(reward_funcs)
             self.config.rewards.funcs = [r for r in given if isinstance(r, str)]  # plugin refs get checked
         validate(self.config)
+        from rlkit.rollout.collaborators import check_same_tokenizer, parse_collaborators
+
+        self.collaborators = parse_collaborators(self.config)
+        check_same_tokenizer(self.config, self.collaborators)
         self.env = _make_env(self.config)
         self.reward_funcs = _reward_list(given, self.config, self.env)
+        self.eval_reward_funcs = _eval_reward_list(self.config, self.env)
         self.train_rows = self._rows(train_dataset, self.config.data.train_file, "train")
+        if self.config.data.label_free:  # nothing but the prompt leaves the driver
+            column = self.config.data.prompt_column
+            self.train_rows = [{column: row[column]} for row in self.train_rows]
         self.eval_rows = self._rows(eval_dataset, self.config.data.eval_file, "eval")
         if self.config.data.eval_limit:
             self.eval_rows = self.eval_rows[: self.config.data.eval_limit]
@@ -68,7 +76,8 @@ class RLTrainer:
 
     def _rows(self, dataset: Any, file: str | None, split: str) -> list[dict[str, Any]]:
         """Rows for ``split``, checked now: a prompt, plus the columns the environment's rewards need."""
-        checks = {"required": getattr(self.env, "required_columns", ()), "lists": getattr(self.env, "list_columns", ())}
+        required = () if split == "train" and self.config.data.label_free else getattr(self.env, "required_columns", ())
+        checks = {"required": required, "lists": getattr(self.env, "list_columns", ())}
         if dataset is not None:
             return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset", **checks)
         if file:
@@ -80,14 +89,14 @@ class RLTrainer:
         """Greedy pass rate of the configured model on the eval rows, in this process (no Ray)."""
         from rlkit.rollout.worker import RolloutWorker
 
-        worker = RolloutWorker(self.config, self.reward_funcs, threads=0)
+        worker = RolloutWorker(self.config, self.reward_funcs, threads=0, eval_reward_funcs=self.eval_reward_funcs)
         return worker.evaluate(self.eval_rows, self.config.rewards.pass_threshold)
 
     def pass_at_k(self, ks: tuple[int, ...] = (1, 8), num_samples: int = 16) -> dict[str, float]:
         """Sampled pass@k of the configured model on the eval rows (run's temperature), in this process."""
         from rlkit.rollout.worker import RolloutWorker
 
-        worker = RolloutWorker(self.config, self.reward_funcs, threads=0)
+        worker = RolloutWorker(self.config, self.reward_funcs, threads=0, eval_reward_funcs=self.eval_reward_funcs)
         return worker.pass_at_k(self.eval_rows, self.config.rewards.pass_threshold, ks=ks,
                                 num_samples=num_samples, seed=self.config.seed)
 
@@ -104,7 +113,7 @@ class RLTrainer:
         run = RunDirectory(config.output_dir or _default_run_dir(config))
         config.output_dir = str(run.path)
         run.check_usable(resume=resume)
-        actors = place_actors(config, self.reward_funcs)
+        actors = place_actors(config, self.reward_funcs, self.eval_reward_funcs)
         state: dict[str, Any] = {"step": 0}
         try:
             # written once the actors are up, so a run that cannot start leaves no folder behind
@@ -119,7 +128,8 @@ class RLTrainer:
             lockstep = config.learner.zero_stage >= 2 or objective.micro_batches_in_lockstep()
             pipeline = StepPipeline(config, actors.fleet, actors.learners, source, objective.assign_advantages,
                                     extras=extras, driver_state=objective.driver_state(), equal_passes=lockstep,
-                                    weight_sync=actors.weight_sync)
+                                    weight_sync=actors.weight_sync,
+                                    collaborators=[(c, actors.collaborator_fleets[c.name]) for c in self.collaborators])
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:
@@ -222,6 +232,17 @@ def step_metrics(out, step: int, seconds: float) -> dict[str, float]:
         "failures": sum(f.get("kind") != ACTOR_RETRY for g in sampled for f in g.failures),
         "actor_retries": len(out.retries) + sum(f.get("kind") == ACTOR_RETRY for g in sampled for f in g.failures),
     }
+    counted = [g for g in sampled if g.generated_tokens is not None and g.source == "policy"]
+    if counted:  # tokens the policy sampled per prompt, and their share of the completions' length
+        # (< 1 when completions share prefixes: rollout.sampler entropy_tree)
+        metrics["generated_tokens"] = sum(g.generated_tokens for g in counted)
+        metrics["generated_tokens_per_prompt"] = statistics.fmean(g.generated_tokens for g in counted)
+        metrics["generated_token_ratio"] = sum(g.generated_tokens for g in counted) / max(
+            1, sum(len(r.completion_ids) for g in counted for r in g.rollouts))
+    others = [g for g in sampled if g.source != "policy"]
+    if others:  # groups other models sampled (F-TIS collaborators)
+        metrics["shared_groups"] = len(others)
+        metrics["shared_reward_mean"] = statistics.fmean(r for g in others for r in g.rewards)
     if any(g.multi_turn for g in sampled):
         metrics["turns_mean"] = statistics.fmean(len(r.turn_rewards or [0]) for g in sampled for r in g.rollouts)
     metrics.update({k: v for k, v in learner.items() if k not in (m.LOSS, m.ENTROPY, m.LOSS_SUM, m.ENTROPY_SUM)})
@@ -269,6 +290,15 @@ def ray_get(refs):
     return ray.get(refs)
 
 
+def _eval_reward_list(config: RLConfig, env) -> list[tuple[str, str]] | None:
+    """Evaluation's rewards when they differ from training's (None: the same): ``rewards.eval_funcs``,
+    or under ``data.label_free`` the environment's own, which read the held-out rows' answers."""
+    names = config.rewards.eval_funcs or (list(env.default_rewards) if config.data.label_free else [])
+    if getattr(env, "multi_turn", False) or not names:
+        return None
+    return [(name, name) for name in names]
+
+
 def _default_run_dir(config: RLConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return str(Path("runs") / f"{config.env.name}-{config.objective.name}-{stamp}")
@@ -291,6 +321,9 @@ def _reward_list(given, config: RLConfig, env) -> list[tuple[str, RewardFn | str
             raise ConfigError(f"environment {config.env.name!r} is multi-turn and scores each turn itself; "
                               "leave rewards.funcs empty")
         return []
+    if config.data.label_free and not (given or config.rewards.funcs):
+        raise ConfigError("data.label_free: training rows carry no answers, so the environment's rewards cannot "
+                          "score them; set rewards.funcs to a label-free reward (majority_vote)")
     names = given or config.rewards.funcs or list(env.default_rewards)
     if not names:
         raise ConfigError(f"no reward functions: set rewards.funcs (environment {config.env.name!r} has no default)")

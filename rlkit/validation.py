@@ -26,6 +26,8 @@ CHOICES: dict[str, tuple] = {
     "data.on_bad_row": ("error", "skip"),
     "cluster.use_gpu": ("auto", "true", "false"),
     "cluster.weight_sync": ("auto", "object_store", "broadcast"),
+    "rollout.sampler": ("flat", "entropy_tree"),
+    "rollout.fork_entropy": ("shannon", "surprisal"),
 }
 
 MINIMUMS: dict[str, float] = {
@@ -33,6 +35,7 @@ MINIMUMS: dict[str, float] = {
     "rollout.num_workers": 1, "rollout.num_generations": 2, "rollout.prompts_per_step": 1,
     "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
+    "rollout.fork_points": 1, "rollout.fork_branches": 1,
     "learner.micro_batch_size": 0, "learner.micro_batch_tokens": 0, "rollout.generation_batch_size": 1,
     "rollout.max_batch_tokens": 0, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
@@ -110,6 +113,16 @@ def _check_relations(config: RLConfig) -> None:
     if rollout.max_batch_tokens and rollout.max_batch_tokens < rollout.max_completion_length + 1:
         raise ConfigError(f"rollout.max_batch_tokens ({rollout.max_batch_tokens}) cannot hold even one sequence "
                           f"of rollout.max_completion_length ({rollout.max_completion_length}) tokens")
+    if rollout.sampler == "entropy_tree":
+        from rlkit.rollout.tree import TreeShape
+
+        try:
+            TreeShape.for_group(group, rollout.fork_points, rollout.fork_branches)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    from rlkit.rollout.collaborators import parse_collaborators
+
+    parse_collaborators(config)
     if rollout.max_staleness > 0 and rollout.schedule == "sync":
         raise ConfigError("rollout.max_staleness > 0 needs rollout.schedule: periodic_async "
                           "(the sync schedule is on-policy by construction)")
@@ -121,6 +134,8 @@ def _check_plugins(config: RLConfig) -> None:
 
     for name in config.rewards.funcs:
         _lookup(plugins.rewards, name, "rewards.funcs")
+    for name in config.rewards.eval_funcs:
+        _lookup(plugins.rewards, name, "rewards.eval_funcs")
     env_class = _lookup(plugins.envs, config.env.name, "env.name")
     _lookup(plugins.engines, config.rollout.engine, "rollout.engine")
     _check_kwargs(env_class, config.env.args, "env.args")
@@ -129,6 +144,9 @@ def _check_plugins(config: RLConfig) -> None:
         check_objective_params(config.objective.name, config.objective.params)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"objective: {exc}") from exc
+    if getattr(env_class, "multi_turn", False) and config.rollout.sampler != "flat":
+        raise ConfigError(f"rollout.sampler {config.rollout.sampler!r} forks single completions; multi-turn "
+                          f"environment {config.env.name!r} needs rollout.sampler: flat")
     if getattr(env_class, "multi_turn", False) and makes_extra_rows(objective_class):
         raise ConfigError(f"objective {config.objective.name!r} trains on extra single-turn samples, which "
                           f"multi-turn environment {config.env.name!r} cannot make; use a GRPO-family objective "
@@ -140,7 +158,7 @@ def _check_reward_args(config: RLConfig) -> None:
     """``rewards.args`` keys must name configured rewards, and class rewards must take those kwargs."""
     from rlkit import plugins
 
-    names = config.rewards.funcs
+    names = list(config.rewards.funcs) + [n for n in config.rewards.eval_funcs if n not in config.rewards.funcs]
     for name, kwargs in config.rewards.args.items():
         if name not in names:
             listed = ", ".join(names) or "none"

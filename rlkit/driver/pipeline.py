@@ -32,13 +32,14 @@ import numpy as np
 import ray
 
 from rlkit import metric_names as m
-from rlkit.config import RLConfig
+from rlkit.config import ConfigError, RLConfig
 from rlkit.data import RolloutGroup
 from rlkit.driver.micro_batches import MicroBatchFeed, MicroBatchLimits
 from rlkit.driver.recovery import RolloutFleet, WorkerStream
 from rlkit.driver.weight_sync import build_weight_sync
 from rlkit.objectives.hooks import DriverState, ExtraRows
 from rlkit.prompts import PromptSource
+from rlkit.rollout.collaborators import Collaborator, is_shared
 from rlkit.seeding import chunk_seed
 
 
@@ -91,7 +92,8 @@ class StepPipeline:
     def __init__(self, config: RLConfig, fleet: RolloutFleet, learners: list, source: PromptSource,
                  assign_advantages: Callable[[list[RolloutGroup]], None],
                  extras: ExtraRows | None = None, driver_state: DriverState | None = None,
-                 equal_passes: bool = False, weight_sync: str = "object_store"):
+                 equal_passes: bool = False, weight_sync: str = "object_store",
+                 collaborators: list[tuple[Collaborator, RolloutFleet]] | None = None):
         self.config = config
         self.fleet = fleet
         self.learners = learners
@@ -109,6 +111,13 @@ class StepPipeline:
         # earlier steps' groups, for rollout.replay_fraction; and how many each submitted step replays
         self.replay: collections.deque[list[RolloutGroup]] = collections.deque(maxlen=config.rollout.replay_buffer_steps)
         self.replay_counts: dict[int, int] = {}
+        # F-TIS collaborators (rlkit/rollout/collaborators.py): each samples whole groups for its own
+        # prompts every step, which join the step beside the local ones
+        self.collaborators = collaborators or []
+        if self.collaborators and self.dynamic_sampling:
+            raise ConfigError("rollout.collaborators cannot be combined with dynamic sampling (the objective "
+                              f"{config.objective.name!r} turns it on: set rollout.dynamic_sampling: false)")
+        self.shared_per_step = sum(c.prompts_per_step for c, _ in self.collaborators)
 
     # --- producing -----------------------------------------------------------------------------
 
@@ -118,6 +127,7 @@ class StepPipeline:
         self.replay_counts[step] = min(round(rollout.replay_fraction * rollout.prompts_per_step), buffered)
         fresh = rollout.prompts_per_step - self.replay_counts[step]
         self.pending[step] = self._generations(step, fresh, first_index=0, round_=0)
+        self.pending[step] += self._shared_generations(step, first_index=rollout.prompts_per_step)
         if self.extras is not None:
             self.extras.submit(step, [item for generation in self.pending[step] for item in generation.items])
 
@@ -134,6 +144,21 @@ class StepPipeline:
             out.append(Generation(part, stream=stream))
         return out
 
+    def _shared_generations(self, step: int, first_index: int) -> list[Generation]:
+        """Each collaborator's groups of the step: its own prompts, after the local ones, on its own
+        workers (whole groups: vertical collaboration)."""
+        out, seed = [], chunk_seed(self.config.seed, step, 0)
+        for collaborator, fleet in self.collaborators:
+            items = list(enumerate(self.source.take(collaborator.prompts_per_step), start=first_index))
+            first_index += len(items)
+            share = -(-len(items) // len(fleet))
+            for worker, start in enumerate(range(0, len(items), share)):
+                part = items[start:start + share]
+                stream = fleet.stream(worker, part, seed, what=f"{len(part)} prompts of step {step + 1} "
+                                                              f"for collaborator {collaborator.name}")
+                out.append(Generation(part, stream=stream))
+        return out
+
     def _fill(self, step: int) -> None:
         last = min(step + self.config.rollout.max_staleness, self.config.max_steps - 1)
         while self.next_to_submit <= last:
@@ -146,7 +171,7 @@ class StepPipeline:
         self._fill(step)
         generations = self.pending.pop(step)
         replayed = self._draw_replay(step, self.replay_counts.pop(step, 0))
-        needed = self.config.rollout.prompts_per_step - len(replayed)
+        needed = self.config.rollout.prompts_per_step - len(replayed) + self.shared_per_step
         feed = MicroBatchFeed(self.learners, self.micro_batch_limits, version=step,
                               extras=(lambda: self.extras.rows(step)) if self.extras is not None else None,
                               equal_passes=self.equal_passes)
@@ -158,6 +183,9 @@ class StepPipeline:
                 generated = max(generated, arrived_at)  # when the step's last groups arrived, in the end
                 wait_seconds += waited
                 take, drop = self._accept(arrived, needed - len(kept))
+                for group in take:
+                    if is_shared(group.source):  # scored under the learners' weights of this step
+                        group.policy_version = step
                 self.assign_advantages(take)
                 kept.extend(take)
                 dropped.extend(drop)

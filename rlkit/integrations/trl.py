@@ -99,6 +99,11 @@ class RLKitGRPOTrainer(GRPOTrainer):
         if advantages not in ("objective", "trl"):
             raise ValueError(f"advantages must be 'objective' or 'trl', got {advantages!r}")
         self.rlkit_objective = _build_objective(objective, objective_params, self.objective_name)
+        estimator = getattr(self.rlkit_objective, "estimator", None)
+        if advantages == "objective" and getattr(estimator, "needs_entropy", False):
+            raise ValueError(f"objective {self.rlkit_objective.name!r}: its advantage estimator needs each "
+                             "completion's sampling entropies, which TRL's GRPOTrainer does not record; train it "
+                             "with `rlkit train`, or pass advantages='trl'")
         self.advantage_source = advantages
         self._rewards_per_func: torch.Tensor | None = None
         args = args if args is not None else _default_args(model)

@@ -228,7 +228,7 @@ class Learner:
         return PolicyBatch(logprobs=logprobs, old_logprobs=old, mask=batch.completion_mask.float(),
                            advantages=advantages.to(self.device), ref_logprobs=ref,
                            behavior_logprobs=batch.behavior_logprobs, entropy=entropy.detach(),
-                           token_turns=batch.token_turns, advantage_extras=extras)
+                           token_turns=batch.token_turns, advantage_extras=extras, shared=batch.shared)
 
     def _accumulate(self, values: dict[str, float]) -> None:
         for key, value in values.items():

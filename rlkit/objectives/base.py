@@ -49,6 +49,8 @@ class PolicyBatch:
     token_turns: torch.Tensor | None = None
     # [B] per-sequence values the estimator returned beside the advantages (e.g. GBPO's target), by name
     advantage_extras: dict[str, torch.Tensor] | None = None
+    # [B] bool: rows an F-TIS collaborator sampled (behavior_logprobs are then that model's); None: none
+    shared: torch.Tensor | None = None
     # the whole step's totals, on the micro-batches that carry extra rows (the pipeline sends those
     # once every group of the step is in); None elsewhere
     step_stats: StepStats | None = None
@@ -129,9 +131,11 @@ class Objective(abc.ABC):
         """``[num_groups, G]`` rewards -> ``[num_groups, G]`` advantages (the configured estimator)."""
         return self.estimate(rewards)[0]
 
-    def estimate(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def estimate(self, rewards: torch.Tensor,
+                 mean_entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(advantages, extras): an estimator may return, beside the ``[num_groups, G]`` advantages,
-        other per-sequence values its loss needs (a dict with an ``advantages`` key)."""
+        other per-sequence values its loss needs (a dict with an ``advantages`` key).
+        ``mean_entropy`` ``[num_groups, G]`` reaches estimators registered with ``needs_entropy``."""
         if getattr(self, "estimator", None) is None:
             raise NotImplementedError(f"{type(self).__name__}: its config has no advantage_estimator key; "
                                       "add one or override compute_advantages")
@@ -139,6 +143,11 @@ class Objective(abc.ABC):
             one_turn = rewards.unsqueeze(-1)
             ones = torch.ones_like(one_turn, dtype=torch.bool)
             return self.estimator(one_turn, ones, self.config).squeeze(-1), {}
+        if getattr(self.estimator, "needs_entropy", False):
+            if mean_entropy is None:
+                raise ValueError(f"advantage estimator {self.config.advantage_estimator!r} needs the completions' "
+                                 "mean entropies")
+            return split_estimate(self.estimator(rewards, self.config, mean_entropy=mean_entropy))
         return split_estimate(self.estimator(rewards, self.config))
 
     def compute_turn_advantages(self, turn_rewards: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
@@ -169,7 +178,8 @@ class Objective(abc.ABC):
                 if type(self).compute_advantages is not Objective.compute_advantages:  # an objective's own
                     values, extras = self.compute_advantages(rewards), {}
                 else:
-                    values, extras = self.estimate(rewards)
+                    entropy = _mean_entropies(single) if getattr(self.estimator, "needs_entropy", False) else None
+                    values, extras = self.estimate(rewards, entropy)
                 extra_rows = {name: value.tolist() for name, value in extras.items()}
                 for g, (group, row) in enumerate(zip(single, values.tolist())):
                     for i, (rollout, value) in enumerate(zip(group.rollouts, row)):
@@ -213,6 +223,8 @@ class Objective(abc.ABC):
                 torch.zeros_like(batch.logprobs).detach(), extra.stored_logprobs),
             token_turns=None if batch.token_turns is None else stack(
                 batch.token_turns, torch.zeros_like(extra.logprobs, dtype=batch.token_turns.dtype)),
+            shared=None if batch.shared is None else torch.cat(
+                [batch.shared, torch.zeros(extra.logprobs.shape[0], dtype=torch.bool, device=batch.shared.device)]),
             advantage_extras=None if batch.advantage_extras is None else {
                 name: torch.cat([value, torch.zeros_like(extra.advantages)])
                 for name, value in batch.advantage_extras.items()})
@@ -237,6 +249,16 @@ def split_estimate(result: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torc
             raise ValueError(f"an estimator's dict must hold 'advantages', got keys {sorted(result)}")
         return result["advantages"], {k: v for k, v in result.items() if k != "advantages"}
     return result, {}
+
+
+def _mean_entropies(groups: list[RolloutGroup]) -> torch.Tensor:
+    """``[num_groups, G]``: each completion's mean token entropy over the model's own tokens."""
+    def mean(rollout) -> float:
+        mask = rollout.loss_mask or [1] * len(rollout.entropies)
+        kept = [h for h, m in zip(rollout.entropies, mask) if m]
+        return sum(kept) / len(kept) if kept else 0.0
+
+    return torch.tensor([[mean(r) for r in g.rollouts] for g in groups], dtype=torch.float32)
 
 
 def _turn_tensors(groups: list[RolloutGroup]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,11 +46,17 @@ def per_token_loss(batch: PolicyBatch, config: GRPOConfig) -> tuple[torch.Tensor
     eps_low = config.epsilon
     eps_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
     loss, parts = clipped_surrogate(batch.logprobs, batch.old_logprobs, batch.advantages, 1 - eps_low, 1 + eps_high)
-    if config.beta > 0:
+    return add_kl_penalty(loss, parts, batch, config.beta)
+
+
+def add_kl_penalty(loss: torch.Tensor, parts: dict[str, torch.Tensor], batch: PolicyBatch,
+                   beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``loss + β·k3(π_θ‖π_ref)`` per token (unchanged when β = 0), with the KL among the diagnostics."""
+    if beta > 0:
         if batch.ref_logprobs is None:
             raise ValueError("beta > 0 needs ref_logprobs in the batch")
         kl, kl_parts = k3_kl(batch.logprobs, batch.ref_logprobs)
-        loss = loss + config.beta * kl
+        loss = loss + beta * kl
         parts.update(kl_parts)
     return loss, parts
 

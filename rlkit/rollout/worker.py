@@ -22,15 +22,18 @@ from rlkit.reward_pool import build_reward_scorer
 from rlkit.reward_runner import RewardFn
 from rlkit.rollout.engines import Engine, Request, SamplingParams, build_engine, generate
 from rlkit.rollout.episodes import EpisodeRunner
+from rlkit.rollout.tree import TreeShape, grow_trees
 
 
 class RolloutWorker:
-    def __init__(self, config: RLConfig, reward_funcs: list[tuple[str, RewardFn | str]], *, threads: int = 1):
+    def __init__(self, config: RLConfig, reward_funcs: list[tuple[str, RewardFn | str]], *, threads: int = 1,
+                 eval_reward_funcs: list[tuple[str, RewardFn | str]] | None = None, source: str = "policy"):
         from rlkit.models import load_tokenizer
 
         if threads:  # 0 keeps the process's setting
             torch.set_num_threads(threads)
         self.config = config
+        self.source = source  # what its groups say made them ("policy", or an F-TIS collaborator)
         # a new id for every start of this actor: the driver tells a restarted worker by it
         self._incarnation = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tokenizer = load_tokenizer(config.model)
@@ -40,7 +43,14 @@ class RolloutWorker:
         self.rewards = None  # multi-turn environments score their own turns
         if reward_funcs:
             self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards)
+        # evaluation may score otherwise (label-free training still evaluates against answers)
+        self.eval_rewards = self.rewards
+        if eval_reward_funcs:
+            self.eval_rewards = build_reward_scorer(eval_reward_funcs, None, config.rewards)
         rollout = config.rollout
+        self.tree = None  # ETTRL's entropy-forked trees (rlkit/rollout/tree.py)
+        if rollout.sampler == "entropy_tree":
+            self.tree = TreeShape.for_group(rollout.num_generations, rollout.fork_points, rollout.fork_branches)
         self.sampling = SamplingParams(max_new_tokens=rollout.max_completion_length,
                                        temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k)
         self.episodes = _episode_runner(config, self.engine, self.tokenizer)
@@ -87,10 +97,11 @@ class RolloutWorker:
         return peak_memory()
 
     def stream_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *, temperature: float | None = None,
-                      group_size: int | None = None) -> Iterator[list[RolloutGroup]]:
+                      group_size: int | None = None, evaluation: bool = False) -> Iterator[list[RolloutGroup]]:
         """Sample ``num_generations`` completions for each ``(prompt_index, row)`` and yield the
         groups, scored, as they end: each item is the groups that ended together. (Another
-        temperature or group size when given: what an objective's extra rows ask for.) Called
+        temperature or group size when given: what an objective's extra rows ask for.
+        ``evaluation``: flat samples scored with the evaluation rewards, as pass@k wants.) Called
         through Ray, each item reaches the caller as soon as it is yielded."""
         column = self.config.data.prompt_column
         group_size = group_size or self.config.rollout.num_generations
@@ -99,31 +110,47 @@ class RolloutWorker:
             yield self._episode_groups(items, seed, sampling, group_size)
             return
         prompt_ids = [self._encode(row[column]) for _, row in items]
-        requests = [Request.of(ids, group_size, key=index) for (index, _), ids in zip(items, prompt_ids)]
-        for ended in self.engine.stream(requests, sampling, seed):
+        for ended in self._sample(items, prompt_ids, group_size, sampling, seed, flat=evaluation):
             groups = []
-            for i, samples in ended:
+            for i, samples, generated in ended:
                 index, row = items[i]
                 groups.append(RolloutGroup(prompt_index=index, prompt=row[column], prompt_ids=prompt_ids[i], row=row,
                                            rollouts=[self._rollout(s) for s in samples],
-                                           policy_version=self.policy_version))
-            self._score(groups)
+                                           policy_version=self.policy_version, generated_tokens=generated,
+                                           source=self.source))
+            self._score(groups, self.eval_rewards if evaluation else self.rewards)
             yield groups
 
+    def _sample(self, items, prompt_ids, group_size: int, sampling: SamplingParams, seed: int, flat: bool = False):
+        """Yield ``(item position, samples, tokens sampled for them)`` lists as groups end: flat, or as
+        entropy-forked trees when the run's sampler says so (for the run's own groups only)."""
+        keys = [index for index, _ in items]
+        if self.tree is not None and group_size == self.tree.group_size and not flat:
+            for ended in grow_trees(self.engine, prompt_ids, keys, self.tree, sampling, seed,
+                                    eos_id=self.tokenizer.eos_token_id, entropy=self.config.rollout.fork_entropy):
+                yield [(i, tree.leaves, tree.generated_tokens) for i, tree in ended]
+            return
+        requests = [Request.of(ids, group_size, key=key) for key, ids in zip(keys, prompt_ids)]
+        for ended in self.engine.stream(requests, sampling, seed):
+            yield [(i, samples, sum(len(s.completion_ids) for s in samples)) for i, samples in ended]
+
     def generate_groups(self, items: list[tuple[int, dict[str, Any]]], seed: int, *,
-                        temperature: float | None = None, group_size: int | None = None) -> list[RolloutGroup]:
+                        temperature: float | None = None, group_size: int | None = None,
+                        evaluation: bool = False) -> list[RolloutGroup]:
         """All of :meth:`stream_groups` at once, in the order of ``items``."""
         order = {index: position for position, (index, _) in enumerate(items)}
-        groups = [g for ended in self.stream_groups(items, seed, temperature=temperature, group_size=group_size)
+        groups = [g for ended in self.stream_groups(items, seed, temperature=temperature, group_size=group_size,
+                                                    evaluation=evaluation)
                   for g in ended]
         return sorted(groups, key=lambda g: order[g.prompt_index])
 
-    def _score(self, groups: list[RolloutGroup]) -> None:
+    def _score(self, groups: list[RolloutGroup], scorer) -> None:
         """Reward every completion of ``groups`` in one call (one round trip to the reward actors);
         failures go to the group they happened in."""
         pairs = [(g, r) for g in groups for r in g.rollouts]
-        outcome = self.rewards.score([g.prompt for g, _ in pairs], [r.text for _, r in pairs],
-                                     [r.completion_ids for _, r in pairs], [g.row for g, _ in pairs])
+        group_ids = [k for k, g in enumerate(groups) for _ in g.rollouts]
+        outcome = scorer.score([g.prompt for g, _ in pairs], [r.text for _, r in pairs],
+                                     [r.completion_ids for _, r in pairs], [g.row for g, _ in pairs], group_ids)
         for (_, rollout), total, parts in zip(pairs, outcome.totals, outcome.components):
             rollout.reward, rollout.reward_components = total, parts
         size = len(groups[0].rollouts) if groups else 1
@@ -162,7 +189,7 @@ class RolloutWorker:
             requests = [Request.of(self._encode(row[column]), 1, key=i) for i, row in enumerate(chunk)]
             outs = [samples[0] for samples in generate(self.engine, requests, greedy, seed=0)]
             texts = [self._decode(s.completion_ids) for s in outs]
-            scores = self.rewards.score([r[column] for r in chunk], texts, [s.completion_ids for s in outs], chunk)
+            scores = self.eval_rewards.score([r[column] for r in chunk], texts, [s.completion_ids for s in outs], chunk)
             passed += sum(total >= pass_threshold for total in scores.totals)
             reward_sum += sum(scores.totals)
         return {"pass_rate": passed / len(rows), "reward_mean": reward_sum / len(rows), "num_rows": len(rows)}
@@ -177,7 +204,7 @@ class RolloutWorker:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             items = list(enumerate(chunk))
-            for group in self.generate_groups(items, seed + start, group_size=num_samples):
+            for group in self.generate_groups(items, seed + start, group_size=num_samples, evaluation=True):
                 correct = sum(r.reward >= pass_threshold for r in group.rollouts)
                 for k in ks:
                     totals[k] += unbiased_pass_at_k(num_samples, correct, k)

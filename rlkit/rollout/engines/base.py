@@ -55,15 +55,26 @@ class Sample:
 
 @dataclass(frozen=True)
 class Request:
-    """``n`` continuations of ``prefix_ids``; ``key`` (with the seed) fixes which ones."""
+    """``n`` continuations of ``prefix_ids``; ``key`` (with the seed) fixes which ones.
+
+    ``max_new_tokens``, when set, caps this request's continuations below the stream's
+    ``SamplingParams.max_new_tokens`` (a fork continuing a partial answer has less room left).
+    """
 
     prefix_ids: tuple[int, ...]
     n: int
     key: int
+    max_new_tokens: int | None = None
 
     @classmethod
-    def of(cls, prefix_ids, n: int, key: int) -> Request:
-        return cls(tuple(int(t) for t in prefix_ids), int(n), int(key))
+    def of(cls, prefix_ids, n: int, key: int, max_new_tokens: int | None = None) -> Request:
+        return cls(tuple(int(t) for t in prefix_ids), int(n), int(key),
+                   None if max_new_tokens is None else int(max_new_tokens))
+
+    def limit(self, params: SamplingParams) -> int:
+        """Tokens this request's samples may have at most."""
+        return params.max_new_tokens if self.max_new_tokens is None else min(self.max_new_tokens,
+                                                                              params.max_new_tokens)
 
 
 @runtime_checkable

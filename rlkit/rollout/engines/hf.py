@@ -142,6 +142,10 @@ class _Run:
         self.logprobs = torch.zeros((total, steps), dtype=torch.float32, device=device)
         self.entropies = torch.zeros((total, steps), dtype=torch.float32, device=device)
         self.lengths = torch.zeros(total, dtype=torch.long, device=device)
+        # each sample's own cap (a request may ask for fewer than the stream's max_new_tokens)
+        self.limits = torch.tensor([r.limit(params) for r in requests for _ in range(r.n)], device=device)
+        if bool((self.limits < 1).any()):
+            raise ValueError("a request asks for max_new_tokens < 1")
         self.unfinished = [r.n for r in requests]  # per request, on the host
         self.rows: _Rows | None = None
 
@@ -242,7 +246,7 @@ class _Run:
         self.logprobs[where, at] = pick(logprobs)
         self.entropies[where, at] = pick(entropies)
         self.lengths[where] = at + 1
-        finished = (tokens == self.engine.eos_id) | (count + 1 >= steps)
+        finished = (tokens == self.engine.eos_id) | (count + 1 >= self.limits[samples])
         return tokens, finished
 
     def _compact_if_worth_it(self) -> None:

@@ -12,7 +12,9 @@ sampled by its own rollout worker. What differs is what joins each step:
 * ``nois+2l``: the same shared groups trained as if on-policy (``grpo``, no weights, no filter:
   the paper's NoIS baseline);
 * ``ftis+untrained``: a collaborator running a random-init copy of tiny-arith (made here): badly
-  mismatched, its samples should be dropped by the filter and not hurt.
+  mismatched, its samples should be dropped by the filter and not hurt;
+* ``swarm (2l learns too)``: as ``ftis+2l``, but the collaborator is a swarm peer with its own
+  learner, trained on its groups and on the local model's; its final greedy pass rate is printed.
 
 Greedy pass rate on the held-out split is measured every ``--eval-every`` steps; the x axis of
 the figure is the tokens the *local* model generated. Writes ``bench/results/ftis.json`` and
@@ -50,14 +52,16 @@ def untrained_copy(folder: Path) -> Path:
 
 
 def variants(untrained: Path) -> dict[str, dict[str, str]]:
-    def collaborator(model: str) -> str:
-        return json.dumps([{"name": "peer", "model": model, "prompts_per_step": 16}])
+    def collaborator(model: str, learn: bool = False) -> str:
+        return json.dumps([{"name": "peer", "model": model, "prompts_per_step": 16, "learn": learn}])
 
     return {
         "alone": {"objective.name": "ftis"},
         "ftis+2l": {"objective.name": "ftis", "rollout.collaborators": collaborator("tiny-arith-2l")},
         "nois+2l": {"objective.name": "grpo", "rollout.collaborators": collaborator("tiny-arith-2l")},
         "ftis+untrained": {"objective.name": "ftis", "rollout.collaborators": collaborator(str(untrained))},
+        "swarm (2l learns too)": {"objective.name": "ftis",
+                                  "rollout.collaborators": collaborator("tiny-arith-2l", learn=True)},
     }
 
 
@@ -73,6 +77,11 @@ def run(label: str, overrides: dict[str, str], common: dict[str, str], out: Path
             curve.append((tokens, m["eval_pass_rate"]))
     curve.append((tokens, summary["eval_pass_rate_after"]))
     shared = [m for m in metrics if "ftis_shared_kept" in m]
+    peer_after = None
+    if (run_dir / "final-peer").is_dir():  # a swarm peer's own model, trained beside the local one
+        peer = load_config(None, {**QUIET, **common, **overrides, "model.name_or_path": str(run_dir / "final-peer"),
+                                  "rollout.collaborators": "[]"})
+        peer_after = RLTrainer(args=peer).evaluate()["pass_rate"]
     return {
         "eval_pass_rate_before": summary["eval_pass_rate_before"],
         "eval_pass_rate_after": summary["eval_pass_rate_after"],
@@ -85,6 +94,7 @@ def run(label: str, overrides: dict[str, str], common: dict[str, str], out: Path
         "shared_reward_mean": statistics.fmean(m["shared_reward_mean"] for m in metrics if "shared_reward_mean" in m)
         if any("shared_reward_mean" in m for m in metrics) else None,
         "loop_seconds": round(sum(m["step_seconds"] for m in metrics), 1),
+        "peer_eval_pass_rate_after": peer_after,
     }
 
 
@@ -115,7 +125,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="*", help="run only these variants")
-    parser.add_argument("--label", default="")
+    parser.add_argument("--label", default="", help="suffix of the results files (bench/results/ftis-LABEL.json)")
     args = parser.parse_args()
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +140,8 @@ def main() -> None:
                 print(f"{label:16s} seed {seed}: greedy {result['eval_pass_rate_before']:.3f} -> "
                       f"{result['eval_pass_rate_after']:.3f}, mean over the curve {result['area_under_curve']:.3f}, "
                       f"shared kept {_fmt(result['shared_kept'])}, w {_fmt(result['weight_mean'])}, "
-                      f"D {_fmt(result['divergence_mean'])} ({result['loop_seconds']} s)", flush=True)
+                      f"D {_fmt(result['divergence_mean'])}, peer after {_fmt(result['peer_eval_pass_rate_after'])} "
+                      f"({result['loop_seconds']} s)", flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     stem = f"ftis{'-' + args.label if args.label else ''}"

@@ -29,9 +29,12 @@ class Actors:
     # F-TIS collaborators (rollout.collaborators): their rollout workers, and a fleet per collaborator
     collaborator_workers: dict[str, list] = field(default_factory=dict)
     collaborator_fleets: dict[str, RolloutFleet] = field(default_factory=dict, repr=False)
+    collaborator_learners: dict[str, list] = field(default_factory=dict)  # swarm peers (learn: true)
 
     def shutdown(self) -> None:
-        for actor in self.learners + self.workers + [w for ws in self.collaborator_workers.values() for w in ws]:
+        peers = [a for group in (*self.collaborator_workers.values(), *self.collaborator_learners.values())
+                 for a in group]
+        for actor in self.learners + self.workers + peers:
             ray.kill(actor)
         if self.started_ray:
             ray.shutdown()
@@ -85,7 +88,7 @@ def start_ray(config: RLConfig) -> bool:
     from rlkit.rollout.collaborators import parse_collaborators
 
     actors = config.learner.num_learners + config.rollout.num_workers + sum(
-        c.num_workers for c in parse_collaborators(config))
+        c.num_workers + c.learn for c in parse_collaborators(config))
     # Actors each take one CPU; on a small machine tell Ray there are enough so they all start
     # (they then share the cores, which is what we want for a laptop-sized run).
     cpus = config.cluster.num_cpus or max(os.cpu_count() or 1, actors)
@@ -147,8 +150,10 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
             # collaborators' rollout workers (F-TIS) take a worker's share each
             from rlkit.rollout.collaborators import parse_collaborators
 
-            workers = config.rollout.num_workers + sum(c.num_workers for c in parse_collaborators(config))
-            learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0), world, workers)
+            peers = parse_collaborators(config)
+            workers = config.rollout.num_workers + sum(c.num_workers for c in peers)
+            learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0),
+                                                 world + sum(c.learn for c in peers), workers)
         sync = weight_sync_mode(config, learner_gpu, worker_gpu)
     except ConfigError:
         if started:
@@ -158,8 +163,14 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
     # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
     # as often as needed, and the fleet stops a run whose calls keep killing them.
     learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(Learner)
-    learners = [learner_cls.remote(config, rank=r, world_size=world,
-                                   threads=config.cluster.learner_threads or -1)
+    from rlkit.rollout.collaborators import parse_collaborators
+
+    swarm = sum(c.learn for c in parse_collaborators(config))
+    # -1: each rank takes its share of its machine's cores; F-TIS swarm peers' learners train at the
+    # same time as the run's, so on one machine they share the cores too
+    learner_threads = config.cluster.learner_threads or (
+        max(1, (os.cpu_count() or 1) // (world + swarm)) if swarm and not config.cluster.address else -1)
+    learners = [learner_cls.remote(config, rank=r, world_size=world, threads=learner_threads)
                 for r in range(world)]
     worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)
     threads = config.cluster.worker_threads
@@ -169,8 +180,6 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
     workers = [spawn_worker() for _ in range(config.rollout.num_workers)]
     actors = Actors(learners=learners, workers=workers, started_ray=started, weight_sync=sync,
                     spawn_worker=spawn_worker)
-    from rlkit.rollout.collaborators import parse_collaborators
-
     collaborator_spawns = {}
     for collaborator in parse_collaborators(config):
         own = collaborator.worker_config(config)
@@ -181,6 +190,9 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
         collaborator_spawns[collaborator.name] = spawn_collaborator
         actors.collaborator_workers[collaborator.name] = [spawn_collaborator()
                                                           for _ in range(collaborator.num_workers)]
+        if collaborator.learn:  # a swarm peer: one learner rank of its own
+            actors.collaborator_learners[collaborator.name] = [
+                learner_cls.remote(own, rank=0, world_size=1, threads=learner_threads)]
     try:
         timeout = config.cluster.start_timeout_s
         # ranks meet on the machine Ray gave rank 0, which on a cluster need not be the driver's
@@ -191,6 +203,10 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
                        | {f"rollout worker {i}": w.__ray_ready__.remote() for i, w in enumerate(workers)}
                        | {f"collaborator {name} worker {i}": w.__ray_ready__.remote()
                           for name, ws in actors.collaborator_workers.items() for i, w in enumerate(ws)}, timeout)
+        for name, (peer,) in actors.collaborator_learners.items():  # each peer is a process group of its own
+            peer_address = wait_for_start({f"collaborator {name} learner": peer.rendezvous_address.remote(
+                loopback=not config.cluster.address)}, timeout)[f"collaborator {name} learner"]
+            wait_for_start({f"collaborator {name} learner": peer.connect.remote(*peer_address)}, timeout)
         actors.fleet = RolloutFleet(workers, RecoverySettings.from_config(config), spawn=actors.spawn_worker)
         actors.collaborator_fleets = {
             name: RolloutFleet(ws, RecoverySettings.from_config(config), spawn=collaborator_spawns[name])

@@ -144,7 +144,8 @@ class RolloutConfig:
     collaborators: list[dict[str, Any]] = _help(
         "F-TIS collaborators: rollout workers serving other models (same tokenizer) that share whole groups "
         "each step, e.g. [{name: deep, model: tiny-arith-2l, prompts_per_step: 16}] (keys: name, model, "
-        "prompts_per_step, num_workers, temperature); train with objective ftis to weigh them", default_factory=list)
+        "prompts_per_step, num_workers, temperature, learn: a swarm peer with its own learner); train with "
+        "objective ftis to weigh them", default_factory=list)
     max_sampling_rounds: int = _help(
         "extra generation rounds a step may take to fill itself under dynamic sampling; a step still "
         "short after them is topped up with zero-variance groups (they carry no gradient)", default=3)

@@ -129,7 +129,8 @@ class RLTrainer:
             pipeline = StepPipeline(config, actors.fleet, actors.learners, source, objective.assign_advantages,
                                     extras=extras, driver_state=objective.driver_state(), equal_passes=lockstep,
                                     weight_sync=actors.weight_sync,
-                                    collaborators=[(c, actors.collaborator_fleets[c.name]) for c in self.collaborators])
+                                    collaborators=[(c, actors.collaborator_fleets[c.name]) for c in self.collaborators],
+                                    peer_learners=actors.collaborator_learners)
             state = self._restore(run, actors, pipeline) if resume else {"step": 0}
             pipeline.push_initial_weights(state["step"])
             if "eval_before" not in state:
@@ -168,7 +169,9 @@ class RLTrainer:
                     self._checkpoint(run, actors, pipeline, state)
         after = self._evaluate(actors)
         run.append_failures(state["step"], actors.fleet.take_retries())
-        ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners])
+        ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners]
+                + [a.save_pretrained.remote(str(run.path / f"final-{name}"))  # swarm peers' models
+                   for name, peers in actors.collaborator_learners.items() for a in peers])
         summary = {
             "run_dir": str(run.path), "steps": state["step"],
             "eval_pass_rate_before": state["eval_before"], "eval_pass_rate_after": after["pass_rate"],
@@ -190,7 +193,9 @@ class RLTrainer:
     def _checkpoint(self, run: RunDirectory, actors, pipeline, state: dict[str, Any]) -> None:
         path = run.checkpoint_dir(state["step"])
         path.mkdir(parents=True, exist_ok=True)
-        ray_get([a.save_checkpoint.remote(str(path), {"step": state["step"]}) for a in actors.learners])
+        ray_get([a.save_checkpoint.remote(str(path), {"step": state["step"]}) for a in actors.learners]
+                + [a.save_checkpoint.remote(str(path / f"peer-{name}"), {"step": state["step"]})
+                   for name, peers in actors.collaborator_learners.items() for a in peers])
         driver = {"trainer": dict(state), "pipeline": pipeline.state_dict()}
         with open(path / "driver.pkl", "wb") as f:
             pickle.dump(driver, f)
@@ -202,7 +207,9 @@ class RLTrainer:
         if latest is None:
             raise ConfigError(f"{run.path} has no complete checkpoint to resume from")
         _, path = latest
-        ray_get([a.load_checkpoint.remote(str(path)) for a in actors.learners])
+        ray_get([a.load_checkpoint.remote(str(path)) for a in actors.learners]
+                + [a.load_checkpoint.remote(str(path / f"peer-{name}"))
+                   for name, peers in actors.collaborator_learners.items() for a in peers])
         with open(path / "driver.pkl", "rb") as f:
             driver = pickle.load(f)
         pipeline.load_state_dict(driver["pipeline"])

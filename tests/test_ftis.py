@@ -118,3 +118,36 @@ def test_an_untrained_collaborator_is_measurably_filtered_out(tmp_path):
     assert all(m["ftis_divergence_mean"] > 50 for m in metrics)
     assert all(m["ftis_shared_kept"] < 0.3 for m in metrics)  # (a well-matched peer keeps 1.0: bench/ftis.py)
     assert all(m["ftis_weight_mean"] < 0.5 for m in metrics)
+
+
+def test_a_swarm_peer_learns_from_the_local_model_and_resumes_exactly(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from rlkit.models import resolve_model_path
+    from rlkit.runs import read_metrics
+    from rlkit.trainer import RLTrainer
+    from rlkit.validation import load_config
+
+    peer = [{"name": "shallow", "model": "tiny-arith-2l", "prompts_per_step": 4, "learn": True}]
+    run = tmp_path / "swarm"
+    config = load_config(None, {"max_steps": "4", "save_steps": "2", "rollout.prompts_per_step": "4",
+                                "data.eval_limit": "10", "rollout.max_staleness": "1",
+                                "rollout.collaborators": json.dumps(peer), "output_dir": str(run),
+                                "logging.progress": "false", "logging.plot": "false", "logging.tensorboard": "false"},
+                         recipe="ftis-arith")
+    RLTrainer(args=config).train()
+    straight = read_metrics(run / "metrics.jsonl")
+    # the peer trains too: on its own groups and, from its side, on the local model's (shared)
+    assert all(m["shallow/grad_norm"] > 0 and 0 < m["shallow/ftis_shared_kept"] <= 1 for m in straight)
+    before = load_file(f"{resolve_model_path('tiny-arith-2l')}/model.safetensors")
+    after = load_file(run / "final-shallow" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # resume from the step-2 checkpoint: the peer's learner and the groups already made come back
+    RLTrainer.from_run(run, {"logging.progress": "false"}).train(resume=True)
+    again = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in again] == [1, 2, 3, 4]
+    for first, second in zip(straight[2:], again[2:]):
+        for key in ("reward_mean", "loss", "shallow/loss", "shared_reward_mean"):
+            assert second[key] == pytest.approx(first[key], abs=1e-6), (key, first["step"])

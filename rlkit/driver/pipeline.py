@@ -21,6 +21,7 @@ trained twice and the run goes on as if nothing had happened.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import statistics
 import time
@@ -36,10 +37,10 @@ from rlkit.config import ConfigError, RLConfig
 from rlkit.data import RolloutGroup
 from rlkit.driver.micro_batches import MicroBatchFeed, MicroBatchLimits
 from rlkit.driver.recovery import RolloutFleet, WorkerStream
-from rlkit.driver.weight_sync import build_weight_sync
+from rlkit.driver.weight_sync import ObjectStoreSync, build_weight_sync
 from rlkit.objectives.hooks import DriverState, ExtraRows
 from rlkit.prompts import PromptSource
-from rlkit.rollout.collaborators import Collaborator, is_shared
+from rlkit.rollout.collaborators import SOURCE_PREFIX, Collaborator, is_shared
 from rlkit.seeding import chunk_seed
 
 
@@ -93,7 +94,8 @@ class StepPipeline:
                  assign_advantages: Callable[[list[RolloutGroup]], None],
                  extras: ExtraRows | None = None, driver_state: DriverState | None = None,
                  equal_passes: bool = False, weight_sync: str = "object_store",
-                 collaborators: list[tuple[Collaborator, RolloutFleet]] | None = None):
+                 collaborators: list[tuple[Collaborator, RolloutFleet]] | None = None,
+                 peer_learners: dict[str, list] | None = None):
         self.config = config
         self.fleet = fleet
         self.learners = learners
@@ -118,6 +120,10 @@ class StepPipeline:
             raise ConfigError("rollout.collaborators cannot be combined with dynamic sampling (the objective "
                               f"{config.objective.name!r} turns it on: set rollout.dynamic_sampling: false)")
         self.shared_per_step = sum(c.prompts_per_step for c, _ in self.collaborators)
+        # swarm peers (collaborators with learn: true): their learners train on every group of the
+        # step from their side, and their workers get their new weights at the step's end
+        self.peers = [SwarmPeer(c, (peer_learners or {})[c.name], ObjectStoreSync((peer_learners or {})[c.name], fleet))
+                      for c, fleet in self.collaborators if c.learn]
 
     # --- producing -----------------------------------------------------------------------------
 
@@ -175,6 +181,7 @@ class StepPipeline:
         feed = MicroBatchFeed(self.learners, self.micro_batch_limits, version=step,
                               extras=(lambda: self.extras.rows(step)) if self.extras is not None else None,
                               equal_passes=self.equal_passes)
+        peer_feeds = [MicroBatchFeed(peer.learners, self.micro_batch_limits, version=step) for peer in self.peers]
         kept, dropped = [], []
         wait_seconds, rounds = 0.0, 0
         started = generated = time.time()
@@ -190,6 +197,8 @@ class StepPipeline:
                 kept.extend(take)
                 dropped.extend(drop)
                 feed.add(take)
+                for peer, peer_feed in zip(self.peers, peer_feeds):
+                    peer_feed.add([peer.view(group, step) for group in take])
                 if len(kept) == needed:
                     break
             if len(kept) == needed or rounds == self.config.rollout.max_sampling_rounds:
@@ -210,8 +219,13 @@ class StepPipeline:
         # each actor must run it (step, export, load the weights, generate), so no round trip to
         # the driver sits between the update and the next samples.
         steps = [l.step.remote(stats, step) for l in self.learners]
+        peer_steps = []
+        for peer, peer_feed in zip(self.peers, peer_feeds):
+            peer_feed.finish()
+            peer_steps.append([l.step.remote(peer_feed.step_stats(extras_count=False), step) for l in peer.learners])
         t0 = time.perf_counter()
         loaded = self.weight_sync.send(step + 1)
+        peer_loaded = [peer.sync.send(step + 1) for peer in self.peers]
         if self.config.rollout.replay_fraction > 0:
             # in prompt order, not arrival order, so which groups a later step replays depends only on
             # the seeds; and before the next steps are submitted, since they may replay it
@@ -222,6 +236,11 @@ class StepPipeline:
         learner_out = _reduce(ray.get(steps))
         learner_out[m.LEARNER_OVERLAP_SECONDS] = _overlap(micro_batches, started, generated)
         learner_out.update(self.weight_sync.confirm(loaded))
+        for peer, peer_feed, calls, sent in zip(self.peers, peer_feeds, peer_steps, peer_loaded):
+            ray.get(peer_feed.calls)
+            peer_out = _reduce(ray.get(calls))
+            peer.sync.confirm(sent)
+            learner_out.update({f"{peer.collaborator.name}/{key}": peer_out[key] for key in peer.logged(peer_out)})
         groups.sort(key=lambda g: g.prompt_index)
         sampling = {"sampled_groups": len(kept) + len(dropped), "sampling_rounds": rounds,
                     "filler_groups": len(filler)} if self.dynamic_sampling else {}
@@ -293,6 +312,8 @@ class StepPipeline:
 
     def push_initial_weights(self, version: int) -> None:
         self.weight_sync.confirm(self.weight_sync.send(version))
+        for peer in self.peers:  # on resume, a peer's restored weights
+            peer.sync.confirm(peer.sync.send(version))
 
     # --- checkpoint state ----------------------------------------------------------------------
 
@@ -323,6 +344,28 @@ class StepPipeline:
             self.extras.load_state_dict(state["extras"])
         if self.driver_state is not None:
             self.driver_state.load_state_dict(state["objective"])
+
+
+@dataclass
+class SwarmPeer:
+    """A collaborator with ``learn: true``: its learners, and the sync of their weights to its workers."""
+
+    collaborator: Collaborator
+    learners: list
+    sync: ObjectStoreSync
+
+    def view(self, group: RolloutGroup, step: int) -> RolloutGroup:
+        """A step's group as this peer trains on it: its own groups on-policy, everyone else's as shared
+        (the local model's as ``collaborator:local``). Rollouts, and so advantages, are shared."""
+        if group.source == self.collaborator.source:
+            return dataclasses.replace(group, source="policy", policy_version=step)
+        origin = "local" if group.source == "policy" else group.source.removeprefix(SOURCE_PREFIX)
+        return dataclasses.replace(group, source=SOURCE_PREFIX + origin, policy_version=step)
+
+    @staticmethod
+    def logged(out: dict[str, float]) -> list[str]:
+        """The peer learner's values logged as ``NAME/key``: its loss, entropy, gradient norm, the objective's."""
+        return [key for key in out if key not in (*m.SUMMED_OVER_RANKS, m.NORMALIZER)]
 
 
 def _reduce(outputs: list[dict[str, float]]) -> dict[str, float]:

@@ -11,9 +11,11 @@ Ray actors (``num_workers`` of them) holding its own model, with the run's rewar
 samples whole groups for its own ``prompts_per_step`` prompts, drawn from the run's prompt stream
 after the local ones ("vertical collaboration", which the paper found better than groups that
 mix generators); its groups join the step beside the local ones, marked ``source:
-collaborator:NAME``. Its weights never change: a collaborator is a fixed peer (another model or
-another warm start). The paper's swarm, where every peer is also a learner training on everyone's
-samples, is several runs sharing groups; it is not built here.
+collaborator:NAME``. By default its weights never change: a fixed peer (another model or another
+warm start). With ``learn: true`` it is a swarm peer, as in the paper: it has its own learner,
+which trains it each step on its own groups (on-policy) and on everyone else's (the local
+model's and the other collaborators', weighed by the same objective from its side), and its
+workers get its new weights at each step's end. Every group is sampled once and shared with all.
 
 The same tokenizer is required: token-level ratios need the same tokens on both sides. A
 collaborator whose tokenizer differs (vocabulary, or the end, padding or start token) is refused
@@ -29,7 +31,7 @@ from typing import Any
 from rlkit.config import ConfigError, RLConfig
 
 SOURCE_PREFIX = "collaborator:"
-KEYS = ("name", "model", "prompts_per_step", "num_workers", "temperature")
+KEYS = ("name", "model", "prompts_per_step", "num_workers", "temperature", "learn")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Collaborator:
     prompts_per_step: int  # whole groups it samples each step
     num_workers: int = 1
     temperature: float | None = None  # None: the run's rollout.temperature
+    learn: bool = False  # a swarm peer: its own learner trains it on its groups and everyone else's
 
     @property
     def source(self) -> str:
@@ -78,7 +81,8 @@ def parse_collaborators(config: RLConfig) -> list[Collaborator]:
             prompts_per_step=_positive_int(entry.get("prompts_per_step", config.rollout.prompts_per_step),
                                            f"{where}.prompts_per_step"),
             num_workers=_positive_int(entry.get("num_workers", 1), f"{where}.num_workers"),
-            temperature=_temperature(entry.get("temperature"), f"{where}.temperature"))
+            temperature=_temperature(entry.get("temperature"), f"{where}.temperature"),
+            learn=_flag(entry.get("learn", False), f"{where}.learn"))
         if collaborator.name in names:
             raise ConfigError(f"{where}.name: {collaborator.name!r} is used twice")
         names.add(collaborator.name)
@@ -120,6 +124,12 @@ def tokenizer_difference(ours, theirs) -> str:
         return (f"the vocabularies differ ({len(vocab_b)} tokens there, {len(vocab_a)} here; e.g. "
                 f"{', '.join(f'{t!r}={i}' for t, i in only) or 'ids'})")
     return ""
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: true or false, got {value!r}")
+    return value
 
 
 def _positive_int(value: Any, key: str) -> int:

@@ -175,8 +175,10 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
     summed = values.clone()
+    if dist.get_backend() == "nccl" and not summed.is_cuda:  # NCCL reduces GPU tensors only
+        summed = summed.cuda()
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
-    return summed
+    return summed.to(values.device)
 
 
 def policy_ratio(batch: PolicyBatch) -> torch.Tensor:

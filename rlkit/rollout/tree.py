@@ -31,8 +31,8 @@ code (THUDM/TreeRL, the design ETMR follows) are what this is built from. Decisi
 * **Prefix reuse.** A branch is a request that continues ``prompt + root[:f]`` (the engine
   protocol's continue-from-prefix): the prefix's tokens are never sampled again, and the B
   branches of a fork share one prefill. An engine with prefix caching (vLLM, SGLang) also skips
-  that prefill; ``hf`` runs it, one forward over the prefix, which is what "generated tokens"
-  does not count (``tree_prefill_tokens`` does).
+  that prefill; ``hf`` runs it, one forward over the prefix, which "generated tokens" does not
+  count (``TreeGroup.prefill_tokens`` does; ``bench/ettrl.py vote`` reports it).
 
 Sampling stays a function of (seed, prompt key, index): roots are the stream's samples of key
 ``k``; branch b of fork j of root m is sample b of request key ``k·M·N + m·N + j`` under a seed

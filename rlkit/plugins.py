@@ -153,6 +153,8 @@ engines: Registry[Any] = Registry("engine", "rlkit.engines", ("rlkit.rollout.eng
 advantage_estimators: Registry[Any] = Registry("advantage estimator", "rlkit.advantage_estimators",
                                                ("rlkit.objectives",))
 policy_losses: Registry[Any] = Registry("policy loss", "rlkit.policy_losses", ("rlkit.objectives",))
+# offline preference losses over (chosen, rejected) pairs: see rlkit/preference/losses.py
+preference_losses: Registry[Any] = Registry("preference loss", "rlkit.preference_losses", ("rlkit.preference",))
 
 
 def objective(name: str):
@@ -184,6 +186,12 @@ def policy_loss(name: str):
     returns the per-token loss ``[B, T]``, or ``(loss, parts)`` with per-token diagnostics.
     Objectives compose these with an aggregation."""
     return policy_losses.register(name)
+
+
+def preference_loss(name: str):
+    """Decorator registering an offline preference loss class (config dataclass ``config_class``,
+    ``loss(pairs) -> (per-pair loss, metrics)``) under ``name``."""
+    return preference_losses.register(name)
 
 
 def reward(name: str):

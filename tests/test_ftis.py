@@ -90,6 +90,9 @@ def test_a_collaborator_with_another_tokenizer_is_refused_before_anything_starts
     config.rollout.collaborators = [{"name": "other", "model": str(folder)}]
     with pytest.raises(ConfigError, match=r"'other' .* has another tokenizer than the run's model"):
         RLTrainer(args=config)
+    config.rollout.collaborators = [{"name": "gone", "model": str(tmp_path / "no-such-model")}]
+    with pytest.raises(ConfigError, match=r"'gone': cannot load the tokenizer of model"):
+        RLTrainer(args=config)
 
 
 def test_an_untrained_collaborator_is_measurably_filtered_out(tmp_path):

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlkit.config import ConfigError, RLConfig
-
-SOURCE_PREFIX = "collaborator:"
+from rlkit.data import SHARED_SOURCE_PREFIX as SOURCE_PREFIX
 KEYS = ("name", "model", "prompts_per_step", "num_workers", "temperature", "learn")
 
 
@@ -59,7 +58,7 @@ class Collaborator:
 
 
 def is_shared(source: str) -> bool:
-    """Whether a group's ``source`` says a collaborator sampled it."""
+    """Whether a group's ``source`` says a collaborator sampled it (``RolloutGroup.shared``)."""
     return source.startswith(SOURCE_PREFIX)
 
 
@@ -103,7 +102,11 @@ def check_same_tokenizer(config: RLConfig, collaborators: list[Collaborator]) ->
         return
     ours = load_tokenizer(config.model)
     for c in collaborators:
-        theirs = load_tokenizer(c.worker_config(config).model)
+        try:
+            theirs = load_tokenizer(c.worker_config(config).model)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"rollout.collaborators: {c.name!r}: cannot load the tokenizer of model {c.model!r} "
+                              f"(a bundled model's name, a local folder or a hub id): {exc}") from None
         difference = tokenizer_difference(ours, theirs)
         if difference:
             raise ConfigError(

@@ -61,6 +61,27 @@ def _terms(expression: str) -> list[tuple[int, str]]:
     return terms
 
 
+def _model_mistakes(split: str) -> dict[str, str]:
+    """prompt -> the bundled model's sampled wrong answer, from the shipped pairs."""
+    import json
+    from pathlib import Path
+
+    import rlkit.assets
+
+    path = Path(rlkit.assets.__file__).parent / "arith-pairs" / f"{split}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["prompt"]: row["rejected"] for row in rows if row["source"] == "sampled"}
+
+
+def near_miss(answer: int, rng: random.Random) -> str:
+    """A wrong answer close to ``answer``, as text."""
+    text = str(abs(answer))
+    options = [answer + d for d in (1, -1, 2, -2, 10, -10)]
+    if len(text) > 1 and text[-1] != text[-2]:  # the last two digits swapped
+        options.append(int(("-" if answer < 0 else "") + text[:-2] + text[-1] + text[-2]))
+    return str(rng.choice([o for o in options if o != answer and (o >= 0 or answer < 0)]))
+
+
 @rlkit.env("arith")
 class ArithEnv(Environment):
     """Integer arithmetic with exact answers; difficulty 1-5, seeded, held-out eval split."""
@@ -68,12 +89,18 @@ class ArithEnv(Environment):
     default_rewards = ("exact_match",)
     required_columns = ("answer",)
 
-    def __init__(self, difficulty: int = 1, train_size: int = 20000, eval_size: int = 200, seed: int = 0):
+    def __init__(self, difficulty: int = 1, train_size: int = 20000, eval_size: int = 200, seed: int = 0,
+                 pair_noise: float = 0.0, pair_rejected: str = "model", pair_noise_seed: int = 0):
         if difficulty not in LEVELS:
             raise ValueError(f"difficulty must be one of {', '.join(map(str, LEVELS))}, got {difficulty!r}")
         if train_size < 1 or eval_size < 1:
             raise ValueError("train_size and eval_size must be >= 1")
+        if not 0 <= pair_noise <= 1:
+            raise ValueError(f"pair_noise must be in [0, 1], got {pair_noise!r}")
         self.difficulty, self.train_size, self.eval_size, self.seed = difficulty, train_size, eval_size, seed
+        if pair_rejected not in ("model", "near_miss"):
+            raise ValueError(f"pair_rejected must be model or near_miss, got {pair_rejected!r}")
+        self.pair_noise, self.pair_rejected, self.pair_noise_seed = pair_noise, pair_rejected, pair_noise_seed
 
     def dataset(self, split: str) -> list[dict[str, Any]]:
         if split not in ("train", "eval"):
@@ -83,6 +110,28 @@ class ArithEnv(Environment):
             return [self._row(p) for p in held_out]
         train_rng = random.Random(f"arith-train-{self.seed}-{self.difficulty}")
         return [self._row(p) for p in self._draw(train_rng, self.train_size, set(held_out), unique=False)]
+
+    def preference_dataset(self, split: str) -> list[dict[str, Any]]:
+        """A pair per row of ``split``: the correct answer against a wrong one.
+
+        ``pair_rejected: model`` takes the bundled tiny-arith model's own most frequent mistake
+        on the problem (``rlkit/assets/arith-pairs``, made by ``scripts/make_arith_pairs.py`` for
+        the first 4000 training and all held-out problems of difficulty 1, seed 0), where there is
+        one; ``near_miss`` (and problems the file lacks) an answer off by 1, 2 or 10, or with two
+        digits swapped. In the train split a share ``pair_noise`` of the pairs is flipped, the wrong
+        answer marked chosen (``flipped: true``; which ones: ``pair_noise_seed``); the eval split is always clean, so it measures
+        the true preference."""
+        noise = random.Random(f"arith-pair-noise-{self.seed}-{self.difficulty}-{self.pair_noise_seed}")
+        mistakes = _model_mistakes(split) if self.pair_rejected == "model" else {}
+        pairs = []
+        for row in self.dataset(split):
+            wrong = mistakes.get(row["prompt"]) or near_miss(
+                int(row["answer"]), random.Random(f"arith-pair-{self.seed}-{row['prompt']}"))
+            flipped = split == "train" and noise.random() < self.pair_noise
+            chosen, rejected = (wrong, row["answer"]) if flipped else (row["answer"], wrong)
+            pairs.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "answer": row["answer"],
+                          "flipped": flipped})
+        return pairs
 
     def _draw(self, rng: random.Random, n: int, exclude: set[str], unique: bool = True) -> list[str]:
         problems: list[str] = []

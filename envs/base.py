@@ -43,6 +43,12 @@ class Environment:
         """Rows for ``split`` ("train" or "eval"); each has at least a ``prompt`` column."""
         raise NotImplementedError
 
+    def preference_dataset(self, split: str) -> list[dict[str, Any]]:
+        """Preference pairs for ``split`` (``prompt``, ``chosen``, ``rejected``), for ``trainer:
+        preference`` runs given no data; environments without a notion of a better answer have none."""
+        raise NotImplementedError(f"environment {type(self).__name__} makes no preference pairs; "
+                                  "give data.train_file (rows of prompt, chosen, rejected)")
+
     def reset(self, row: dict[str, Any]) -> str:
         return row["prompt"]
 

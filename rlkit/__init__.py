@@ -1,12 +1,12 @@
 """rlkit: reinforcement-learning post-training for language models."""
 
-from rlkit.config import RLConfig
-from rlkit.plugins import advantage_estimator, engine, env, objective, policy_loss, reward
+from rlkit.config import PreferenceConfig, RLConfig
+from rlkit.plugins import advantage_estimator, engine, env, objective, policy_loss, preference_loss, reward
 
 __version__ = "0.1.0"
 
-__all__ = ["RLConfig", "RLTrainer", "advantage_estimator", "engine", "env", "objective", "policy_loss", "reward",
-           "__version__"]
+__all__ = ["PreferenceConfig", "PreferenceTrainer", "RLConfig", "RLTrainer", "advantage_estimator", "engine", "env",
+           "objective", "policy_loss", "preference_loss", "reward", "__version__"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from rlkit.trainer import RLTrainer
 
         return RLTrainer
+    if name == "PreferenceTrainer":
+        from rlkit.preference.trainer import PreferenceTrainer
+
+        return PreferenceTrainer
     raise AttributeError(f"module 'rlkit' has no attribute {name!r}")

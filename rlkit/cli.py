@@ -55,8 +55,8 @@ def train(
                                           "latest checkpoint; overrides still apply."),
 ) -> None:
     from rlkit.config import parse_override_args
+    from rlkit.runs import RunDirectory
     from rlkit.validation import load_config
-    from rlkit.trainer import RLTrainer
 
     try:
         config, rest = _split_config(list(ctx.args))
@@ -64,9 +64,11 @@ def train(
         if resume is not None:
             if config is not None or recipe is not None:
                 _fail("--resume takes its config from the run folder; drop the config file and --recipe")
-            trainer = RLTrainer.from_run(resume, overrides)
+            trainer = _trainer_class(RunDirectory(resume).load_config().get("trainer", "rl")).from_run(
+                resume, overrides)
         else:
-            trainer = RLTrainer(args=load_config(config, overrides, recipe))
+            loaded = load_config(config, overrides, recipe)
+            trainer = _trainer_class(loaded.trainer)(args=loaded)
         trainer.train(resume=resume is not None)
     except (ConfigError, FileExistsError) as exc:
         _fail(str(exc))
@@ -74,6 +76,18 @@ def train(
         if resume is None:
             raise
         _fail(str(exc))  # --resume of a folder that is not a run
+
+
+def _trainer_class(trainer: str):
+    """The config's ``trainer`` key picks the driver: one command, one run folder layout, and
+    ``--resume`` works the same for both (the run's config.yaml says which it was)."""
+    if trainer == "preference":
+        from rlkit.preference.trainer import PreferenceTrainer
+
+        return PreferenceTrainer
+    from rlkit.trainer import RLTrainer
+
+    return RLTrainer
 
 
 @app.command(name="eval", context_settings=EXTRA_ARGS, options_metavar=USAGE,
@@ -107,16 +121,17 @@ def evaluate(
                       f"({2 * pass_at} samples per row)")
 
 
-@app.command(name="list", help="List objectives, estimators, losses, rewards, envs, engines, recipes, or every "
-                               "config key.")
+@app.command(name="list", help="List objectives, estimators, losses, preference losses, rewards, envs, engines, "
+                               "recipes, or every config key.")
 def list_(what: str = typer.Argument(
-        ..., help="objectives | estimators | losses | rewards | envs | engines | recipes | keys")) -> None:
+        ..., help="objectives | estimators | losses | preference_losses | rewards | envs | engines | recipes | "
+                  "keys")) -> None:
     from rlkit import plugins
     from rlkit.config import describe_fields, recipe_names, recipe_path
 
     registries = {"objectives": plugins.objectives, "estimators": plugins.advantage_estimators,
                   "losses": plugins.policy_losses, "rewards": plugins.rewards, "envs": plugins.envs,
-                  "engines": plugins.engines}
+                  "engines": plugins.engines, "preference_losses": plugins.preference_losses}
     table = Table(show_header=True, header_style="bold")
     if what in registries:
         table.add_column("name", no_wrap=True)
@@ -136,7 +151,8 @@ def list_(what: str = typer.Argument(
         for key, type_name, default, text in describe_fields():
             table.add_row(key, type_name, repr(default), text)
     else:
-        _fail(f"unknown list {what!r}; choose objectives, estimators, losses, rewards, envs, engines, recipes or keys")
+        _fail(f"unknown list {what!r}; choose objectives, estimators, losses, preference_losses, rewards, envs, "
+              "engines, recipes or keys")
     console.print(table)
 
 

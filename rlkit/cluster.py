@@ -137,8 +137,10 @@ def weight_sync_mode(config: RLConfig, learner_gpu: float, worker_gpu: float) ->
     return "broadcast" if whole_gpus and config.rollout.max_staleness == 0 else "object_store"
 
 
-def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list | None = None) -> Actors:
-    """One learner per data-parallel rank, ``rollout.num_workers`` generation actors."""
+def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list | None = None, *,
+                 learner_class: type | None = None) -> Actors:
+    """One learner per data-parallel rank (``learner_class``, default the RL learner),
+    ``rollout.num_workers`` generation actors."""
     from rlkit.learner.learner import Learner
     from rlkit.rollout.worker import RolloutWorker
 
@@ -162,7 +164,7 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
     # learners hold optimizer state that a restart would lose: a dead learner ends the run (resume
     # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
     # as often as needed, and the fleet stops a run whose calls keep killing them.
-    learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(Learner)
+    learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(learner_class or Learner)
     from rlkit.rollout.collaborators import parse_collaborators
 
     swarm = sum(c.learn for c in parse_collaborators(config))

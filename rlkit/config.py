@@ -186,6 +186,24 @@ class ObjectiveConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Offline preference training (``trainer: preference``): rlkit/preference/."""
+
+    loss: str = _help("preference loss plugin: dpo or power (POWER-DL; see `rlkit list preference_losses`)",
+                      default="dpo")
+    params: dict[str, Any] = _help("the loss's own fields (beta, sft_weight, label_rate...), written beside "
+                                   "`loss` in YAML", default_factory=dict)
+    pairs_per_step: int = _help("preference pairs per optimizer step", default=32)
+    epochs: float = _help("when > 0, train this many passes over the pairs (sets max_steps)", default=0.0)
+    max_length: int = _help(
+        "tokens a pair may take, prompt + longer response + end token; longer pairs are refused by row "
+        "number; 0 = the model's context (max_position_embeddings)", default=0)
+    eval_generation: bool = _help(
+        "also measure the greedy pass rate on the environment's held-out prompts with its rewards, before "
+        "and after training and every eval_steps (one rollout worker is started for it)", default=False)
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = _help("write TensorBoard event files under RUN/tb", default=True)
     progress: bool = _help("show a live progress bar", default=True)
@@ -226,10 +244,12 @@ class ClusterConfig:
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "env": EnvConfig, "data": DataConfig, "rewards": RewardsConfig,
     "rollout": RolloutConfig, "learner": LearnerConfig, "objective": ObjectiveConfig,
-    "logging": LoggingConfig, "cluster": ClusterConfig,
+    "logging": LoggingConfig, "cluster": ClusterConfig, "preference": PreferenceConfig,
 }
 
 _TOP_LEVEL_HELP = {
+    "trainer": "rl (rollouts and rewards: RLTrainer) or preference (offline pairs: PreferenceTrainer; its "
+               "keys are under preference, and rollout, rewards and objective are not used)",
     "output_dir": "run folder (default runs/<env>-<objective>-<time>)",
     "seed": "seed for data order, sampling and initialization",
     "max_steps": "optimizer steps to train",
@@ -248,6 +268,7 @@ class RLConfig:
     num_generations=4, beta=0.04)``; unknown flat names go to the objective).
     """
 
+    trainer: str = _help(_TOP_LEVEL_HELP["trainer"], default="rl")
     output_dir: str | None = _help(_TOP_LEVEL_HELP["output_dir"], default=None)
     seed: int = _help(_TOP_LEVEL_HELP["seed"], default=0)
     max_steps: int = _help(_TOP_LEVEL_HELP["max_steps"], default=300)
@@ -262,6 +283,8 @@ class RLConfig:
     learner: LearnerConfig = _help("optimizer and DeepSpeed", default_factory=LearnerConfig)
     objective: ObjectiveConfig = _help("loss", default_factory=ObjectiveConfig)
     logging: LoggingConfig = _help("what is logged and shown", default_factory=LoggingConfig)
+    preference: PreferenceConfig = _help("offline preference training (trainer: preference)",
+                                         default_factory=PreferenceConfig)
     cluster: ClusterConfig = _help("Ray", default_factory=ClusterConfig)
 
     def __init__(self, **kwargs: Any):
@@ -275,6 +298,8 @@ class RLConfig:
         out = dataclasses.asdict(self)
         objective = out.pop("objective")
         out["objective"] = {"name": objective["name"], **objective["params"]}
+        preference = out.pop("preference")
+        out["preference"] = {**{k: v for k, v in preference.items() if k != "params"}, **preference["params"]}
         return out
 
 
@@ -289,7 +314,7 @@ def _route_flat_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             routed[key] = value
             continue
         owners = [name for name, cls in SECTIONS.items()
-                  if name != "objective" and key in {f.name for f in dataclasses.fields(cls)}]
+                  if name not in ("objective", "preference") and key in {f.name for f in dataclasses.fields(cls)}]
         if len(owners) > 1:
             raise ConfigError(f"{key!r} is ambiguous between sections {owners}; write it as section.{key}")
         section = owners[0] if owners else "objective"  # objective fields are validated later
@@ -317,6 +342,9 @@ def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
     where = f" (from {source})" if source else ""
     if isinstance(target, ObjectiveConfig) and path[0] not in ("name", "params"):
         target.params[".".join(path)] = value  # checked against the objective's own fields in validate()
+        return
+    if isinstance(target, PreferenceConfig) and path[0] not in {f.name for f in dataclasses.fields(target)}:
+        target.params[".".join(path)] = value  # checked against the loss's own fields in validate()
         return
     names = {f.name: f for f in dataclasses.fields(target)}
     key = path[0]

@@ -137,7 +137,8 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(log_dir=str(run.tensorboard_dir))
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], histograms: dict[str, list[float]] | None = None) -> None:
+        """One row of ``metrics``; ``histograms`` (name -> values) go to TensorBoard only."""
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -145,6 +146,11 @@ class MetricsLogger:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
+            for key, values in (histograms or {}).items():
+                if values:
+                    import numpy as np
+
+                    self._tb.add_histogram(key, np.asarray(values, dtype=np.float32), step)
 
     def truncate_after(self, step: int) -> None:
         """On resume: keep the rows up to the checkpoint's step, the later ones are re-run."""
@@ -170,24 +176,29 @@ def plot_reward_curve(metrics_path: str | Path, out_path: str | Path, *, title: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = [r for r in read_metrics(metrics_path) if "reward_mean" in r]
+    # an RL run's reward; a preference run's training accuracy (its implicit reward ranks the pair right)
+    metric, held_out, label = "reward_mean", "eval_pass_rate", "reward"
+    rows = [r for r in read_metrics(metrics_path) if metric in r]
     if not rows:
-        raise ValueError(f"{metrics_path} has no reward_mean rows to plot")
+        metric, held_out, label = "accuracy", "eval_preference_accuracy", "preference accuracy"
+        rows = [r for r in read_metrics(metrics_path) if metric in r]
+    if not rows:
+        raise ValueError(f"{metrics_path} has no reward_mean (or preference accuracy) rows to plot")
     steps = [r["step"] for r in rows]
-    rewards = [r["reward_mean"] for r in rows]
+    rewards = [r[metric] for r in rows]
     window = max(1, len(rows) // 10)
     smooth = [sum(rewards[max(0, i - window + 1):i + 1]) / len(rewards[max(0, i - window + 1):i + 1])
               for i in range(len(rewards))]
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    axes.plot(steps, rewards, alpha=0.35, label="reward_mean")
+    axes.plot(steps, rewards, alpha=0.35, label=metric)
     axes.plot(steps, smooth, linewidth=2, label=f"moving average ({window})")
-    evals = [(r["step"], r["eval_pass_rate"]) for r in read_metrics(metrics_path) if "eval_pass_rate" in r]
+    evals = [(r["step"], r[held_out]) for r in read_metrics(metrics_path) if held_out in r]
     if evals:
-        axes.plot(*zip(*evals), "o--", label="eval pass rate")
+        axes.plot(*zip(*evals), "o--", label=held_out.replace("_", " "))
     axes.set_xlabel("step")
-    axes.set_ylabel("reward")
+    axes.set_ylabel(label)
     axes.set_title(title or Path(metrics_path).parent.name)
     axes.grid(alpha=0.3)
     axes.legend()
@@ -213,7 +224,7 @@ def render_summary(summary: dict[str, Any], console=None) -> None:
         if key == "peak_memory_mb":
             text = "; ".join(f"{name} {peak['rss']:.0f} MB" + (f" (GPU {peak['cuda']:.0f} MB)" if peak.get("cuda") else "")
                              for name, peak in value.items())
-        elif isinstance(value, float) and "pass_rate" in key:
+        elif isinstance(value, float) and ("pass_rate" in key or "accuracy" in key):
             text = f"{value:.1%}"
         elif isinstance(value, float):
             text = f"{value:.4g}"
@@ -226,7 +237,7 @@ def render_summary(summary: dict[str, Any], console=None) -> None:
 class TrainingProgress:
     """A rich progress bar in a terminal; a bounded number of plain lines elsewhere (CI, logs)."""
 
-    SHOWN = ("reward_mean", "loss", "entropy", "tokens_per_second")
+    SHOWN = ("reward_mean", "loss", "entropy", "accuracy", "label_mean", "tokens_per_second", "pairs_per_second")
 
     def __init__(self, total_steps: int, *, start_step: int = 0, enabled: bool = True, console=None):
         from rich.console import Console

@@ -308,7 +308,8 @@ def _eval_reward_list(config: RLConfig, env) -> list[tuple[str, str]] | None:
 
 def _default_run_dir(config: RLConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{config.env.name}-{config.objective.name}-{stamp}")
+    method = config.preference.loss if config.trainer == "preference" else config.objective.name
+    return str(Path("runs") / f"{config.env.name}-{method}-{stamp}")
 
 
 def _make_env(config: RLConfig):

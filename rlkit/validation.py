@@ -16,6 +16,7 @@ from rlkit.config import (ConfigError, RLConfig, apply_mapping, apply_overrides,
 logger = logging.getLogger("rlkit.config")
 
 CHOICES: dict[str, tuple] = {
+    "trainer": ("rl", "preference"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "rollout.schedule": ("sync", "periodic_async"),
     "rollout.dynamic_sampling": ("auto", "true", "false"),
@@ -36,6 +37,7 @@ MINIMUMS: dict[str, float] = {
     "rollout.max_completion_length": 1, "rollout.max_staleness": 0, "rollout.top_k": 0,
     "rollout.max_sampling_rounds": 0, "rollout.replay_buffer_steps": 1,
     "rollout.fork_points": 1, "rollout.fork_branches": 1,
+    "preference.pairs_per_step": 1, "preference.epochs": 0.0, "preference.max_length": 0,
     "learner.micro_batch_size": 0, "learner.micro_batch_tokens": 0, "rollout.generation_batch_size": 1,
     "rollout.max_batch_tokens": 0, "learner.num_learners": 1, "learner.warmup_steps": 0,
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
@@ -152,6 +154,14 @@ def _check_plugins(config: RLConfig) -> None:
                           f"multi-turn environment {config.env.name!r} cannot make; use a GRPO-family objective "
                           "or trloo")
     _check_reward_args(config)
+    if config.trainer == "preference":
+        from rlkit.preference.losses import check_preference_params
+
+        _lookup(plugins.preference_losses, config.preference.loss, "preference.loss")
+        try:
+            check_preference_params(config.preference.loss, config.preference.params)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"preference: {exc}") from exc
 
 
 def _check_reward_args(config: RLConfig) -> None:

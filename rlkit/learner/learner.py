@@ -73,17 +73,23 @@ class Learner:
         from rlkit.models import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(config.model)
-        self.objective = objective_from_config(config.objective.name, config.objective.params)
+        self._build_loss()
         model = load_model(config.model)
         self.checkpointing = checkpointing_wanted(config.learner.gradient_checkpointing, model)
         if self.checkpointing:
             model.gradient_checkpointing_enable()
         self.reference = None
-        if self.objective.needs_reference():
+        if self._needs_reference_model():
             self.reference = load_model(config.model, trainable=False).to(self.device).eval()
             self.reference.requires_grad_(False)
         self.engine = self._initialize(deepspeed, model)
         self._reset_step_totals()
+
+    def _build_loss(self) -> None:
+        self.objective = objective_from_config(self.config.objective.name, self.config.objective.params)
+
+    def _needs_reference_model(self) -> bool:
+        return self.objective.needs_reference()
 
     def _initialize(self, deepspeed, model):
         cfg = self.config.learner
@@ -239,6 +245,20 @@ class Learner:
         if not self._micro_batches:
             raise RuntimeError("step() before any micro-batch (or filler pass) of the step")
         normalizer = float(self.objective.normalizer(self._step_stats(stats)))
+        lr, grad_norm = self._apply_gradient(normalizer, step_index)
+        out = {key: self._sums.get(key, 0.0) for key in (m.LOSS_SUM, m.LEARNER_SECONDS, m.ENTROPY_SUM,
+                                                          m.SKIPPED_GROUPS, m.EXTRA_ROWS, m.TRAINED_TOKENS)}
+        out.update({m.NORMALIZER: normalizer, m.TOKENS: max(self._sums.get(m.TOKENS, 0.0), 1.0),
+                    m.GRAD_NORM: grad_norm, m.LEARNING_RATE: lr,
+                    m.WEIGHT_EXPORT_SECONDS: getattr(self, "export_seconds", 0.0)})  # of the weights this step trained
+        trained = max(out[m.TRAINED_TOKENS], 1.0)  # the objective's metrics cover these
+        out.update({k[:-len(m.WEIGHTED)]: v / trained for k, v in self._sums.items() if k.endswith(m.WEIGHTED)})
+        out.update(self.objective.log_metrics())  # adaptive state: clip bounds, temperatures
+        self._reset_step_totals()
+        return out
+
+    def _apply_gradient(self, normalizer: float, step_index: int) -> tuple[float, float]:
+        """Divide the accumulated gradient by ``normalizer``, clip it and update: (learning rate, grad norm)."""
         lr = learning_rate_at(step_index, self.config.learner.learning_rate, self.config.learner.lr_scheduler,
                               self.config.learner.warmup_steps, self.config.max_steps)
         optimizer = _base_optimizer(self.engine)
@@ -246,16 +266,7 @@ class Learner:
         for group in optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()
-        out = {key: self._sums.get(key, 0.0) for key in (m.LOSS_SUM, m.LEARNER_SECONDS, m.ENTROPY_SUM,
-                                                          m.SKIPPED_GROUPS, m.EXTRA_ROWS, m.TRAINED_TOKENS)}
-        out.update({m.NORMALIZER: normalizer, m.TOKENS: max(self._sums.get(m.TOKENS, 0.0), 1.0),
-                    m.GRAD_NORM: optimizer.last_grad_norm, m.LEARNING_RATE: lr,
-                    m.WEIGHT_EXPORT_SECONDS: getattr(self, "export_seconds", 0.0)})  # of the weights this step trained
-        trained = max(out[m.TRAINED_TOKENS], 1.0)  # the objective's metrics cover these
-        out.update({k[:-len(m.WEIGHTED)]: v / trained for k, v in self._sums.items() if k.endswith(m.WEIGHTED)})
-        out.update(self.objective.log_metrics())  # adaptive state: clip bounds, temperatures
-        self._reset_step_totals()
-        return out
+        return lr, optimizer.last_grad_norm
 
     def _step_stats(self, stats: dict[str, int]) -> StepStats:
         return StepStats(num_sequences=stats["num_sequences"], num_tokens=stats["num_tokens"],
@@ -312,16 +323,22 @@ class Learner:
         return {"bytes": sent, "seconds": self.export_seconds, "error": None}
 
     def save_checkpoint(self, path: str, client_state: dict[str, Any]) -> None:
-        state = {"objective": self.objective.state_dict(), "torch_rng": torch.get_rng_state(), **client_state}
+        state = {"objective": self._loss_state(), "torch_rng": torch.get_rng_state(), **client_state}
         self.engine.save_checkpoint(path, tag="learner", client_state=state)
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         _, state = self.engine.load_checkpoint(path, tag="learner")
         if state is None:
             raise FileNotFoundError(f"no learner checkpoint in {path}")
-        self.objective.load_state_dict(state.pop("objective"))
+        self._load_loss_state(state.pop("objective"))
         torch.set_rng_state(state.pop("torch_rng"))
         return state
+
+    def _loss_state(self) -> dict[str, Any]:
+        return self.objective.state_dict()
+
+    def _load_loss_state(self, state: dict[str, Any]) -> None:
+        self.objective.load_state_dict(state)
 
     def save_pretrained(self, path: str) -> None:
         """The trained model in Hugging Face format (safetensors), LoRA merged."""

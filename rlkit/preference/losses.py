@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from rlkit.plugins import preference_loss
+from rlkit.plugins import preference_loss, preference_losses
 
 
 @dataclass
@@ -78,12 +78,16 @@ class DPO:
     def __init__(self, config: DPOConfig):
         self.config = config
 
-    def loss(self, pairs: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def margin(self, pairs: PairBatch) -> torch.Tensor:
+        """β·[(log π(y⁺) − log π_ref(y⁺)) − (log π(y⁻) − log π_ref(y⁻))]: the implicit reward's margin."""
         if pairs.ref_chosen_logps is None or pairs.ref_rejected_logps is None:
             raise ValueError("dpo needs the reference model's log-probs of both responses")
         chosen = pairs.chosen_logps - pairs.ref_chosen_logps
         rejected = pairs.rejected_logps - pairs.ref_rejected_logps
-        margin = self.config.beta * (chosen - rejected)
+        return self.config.beta * (chosen - rejected)
+
+    def loss(self, pairs: PairBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        margin = self.margin(pairs)
         return -F.logsigmoid(margin), {"margin": margin.detach(), "accuracy": (margin > 0).float().detach()}
 
 
@@ -144,3 +148,20 @@ class POWER:
 def dynamic_label_update(labels: torch.Tensor, margin: torch.Tensor, rate: float) -> torch.Tensor:
     """l ← (1 − γ)·l + γ·σ(h): each pair's label toward its stationary value σ(h)."""
     return (1 - rate) * labels + rate * torch.sigmoid(margin.detach())
+
+
+def preference_loss_from_config(name: str, params: dict) -> "DPO | POWER":
+    """The registered loss ``name`` built with its config dataclass from ``params`` (checked)."""
+    cls = preference_losses.get(name)
+    return cls(_build(cls, name, params))
+
+
+def check_preference_params(name: str, params: dict) -> None:
+    """What :func:`preference_loss_from_config` checks, without building the loss."""
+    _build(preference_losses.get(name), name, params)
+
+
+def _build(cls, name: str, params: dict):
+    from rlkit.objectives.base import build_config
+
+    return build_config(cls.config_class, params, owner=f"preference loss {name!r}")

@@ -109,7 +109,9 @@ def evaluate(
         overrides = parse_override_args(rest)
         if model:
             overrides["model.name_or_path"] = model
-        trainer = RLTrainer(args=load_config(config, overrides, recipe))
+        loaded = load_config(config, overrides, recipe)
+        loaded.trainer = "rl"  # a preference recipe's model is evaluated the same way: greedy answers, rewards
+        trainer = RLTrainer(args=loaded)
         result = trainer.evaluate()
         sampled = trainer.pass_at_k(ks=(1, pass_at), num_samples=2 * pass_at) if pass_at else None
     except ConfigError as exc:

@@ -46,6 +46,9 @@ class RLTrainer:
             single = callable(reward_funcs) or isinstance(reward_funcs, str)
             given = [reward_funcs] if single else list(reward_funcs)
             self.config.rewards.funcs = [r for r in given if isinstance(r, str)]  # plugin refs get checked
+        if self.config.trainer != "rl":
+            raise ConfigError(f"trainer: {self.config.trainer} runs on offline pairs: use PreferenceTrainer "
+                              "(rlkit train picks the trainer the config names)")
         validate(self.config)
         from rlkit.rollout.collaborators import check_same_tokenizer, parse_collaborators
 

@@ -170,6 +170,95 @@ def test_rlkit_train_runs_a_preference_recipe_and_resumes_it(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainer"] == "preference" and summary["loss"] == "power" and summary["steps"] == 2
     assert (out / "reward_curve.png").is_file()  # training accuracy and held-out accuracy
+    events = b"".join(p.read_bytes() for p in (out / "tb").glob("events.out.tfevents.*"))
+    assert b"labels" in events and b"label_mean" in events  # the labels' histogram, beside the scalars
     result = CliRunner().invoke(app, ["train", "--resume", str(out), "--max_steps", "3"])
     assert result.exit_code == 0, result.output
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_labels_and_metrics(tmp_path):
+    """The driver is killed (SIGKILL, its whole process group: Ray with it) once the step-4
+    checkpoint is complete; `rlkit train --resume` finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "rlkit.cli", "train", "--recipe", "power-dl-arith", "--max_steps", "16",
+                "--preference.epochs", "0", "--save_steps", "4", "--output_dir", str(out), "--logging.progress",
+                "false", "--logging.tensorboard", "false", "--preference.eval_generation", "false",
+                "--env.args.train_size", "200", "--data.eval_limit", "50"]
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step-000004" / "COMPLETE").is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists()  # it really was stopped mid-run
+    result = CliRunner().invoke(app, ["train", "--resume", str(killed), "--logging.progress", "false"])
+    assert result.exit_code == 0, result.output
+    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(killed / "metrics.jsonl")
+    assert [m["step"] for m in b] == list(range(1, 17))
+    for x, y in zip(a, b):
+        for key in ("loss", "accuracy", "label_mean", "label_min"):
+            assert y[key] == pytest.approx(x[key], abs=1e-6), (key, x["step"])
+    assert (killed / "pair_labels.jsonl").read_text() == (straight / "pair_labels.jsonl").read_text()
+
+
+def test_a_datasets_dataset_of_conversational_pairs_trains(tmp_path):
+    """TRL's conversational preference format, from a ``datasets.Dataset``: the prompt is rendered
+    with the chat template (here one set on a copy of the bundled model), responses are message lists."""
+    import datasets
+
+    from rlkit.models import load_tokenizer, resolve_model_path
+    from rlkit.config import ModelConfig
+
+    model_dir = tmp_path / "chat-model"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-arith")).save_pretrained(model_dir)
+    tokenizer = load_tokenizer(ModelConfig())
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(model_dir)
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+{b}="}],
+             "chosen": [{"role": "assistant", "content": str(a + b)}],
+             "rejected": [{"role": "assistant", "content": str(a + b + 1)}]} for a in range(10) for b in range(10)]
+    config = config_for(tmp_path, max_steps="2", **{"preference.epochs": "0", "model.name_or_path": str(model_dir)})
+    trainer = PreferenceTrainer(args=config, train_dataset=datasets.Dataset.from_list(rows),
+                                eval_dataset=datasets.Dataset.from_list(rows[:20]))
+    assert trainer.train_pairs[0].prompt == "0+0=" and trainer.train_pairs[0].chosen == "0"
+    summary = trainer.train()
+    assert summary["train_pairs"] == 100 and summary["eval_pairs"] == 20 and summary["steps"] == 2
+
+
+def test_a_preference_loss_plugin_from_a_file_trains(tmp_path):
+    """docs/plugins.md's IPO example, as a file reference: one new file, no change to rlkit."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    code = re.search(r"## Preference losses.*?```python\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "my_losses.py").write_text(code)
+    config = config_for(tmp_path, recipe="dpo-arith", max_steps="2", **{
+        "preference.epochs": "0", "preference.loss": f"{tmp_path / 'my_losses.py'}:IPO",
+        "preference.params": "{tau: 0.1}"})
+    summary = PreferenceTrainer(args=config).train()
+    metrics = read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    assert metrics[0]["loss"] == pytest.approx(25.0, abs=1e-4)  # margin 0 at the reference: (0 - 1/0.2)^2
+
+
+def test_the_rl_trainer_refuses_a_preference_config_and_eval_still_scores_its_model():
+    from rlkit.trainer import RLTrainer
+
+    with pytest.raises(ConfigError, match="use PreferenceTrainer"):
+        RLTrainer(args=load_config(recipe="power-dl-arith"))
+    result = CliRunner().invoke(app, ["eval", "--recipe", "power-dl-arith", "--data.eval_limit", "20"])
+    assert result.exit_code == 0 and "pass rate" in result.output, result.output

@@ -19,6 +19,7 @@ import json
 import math
 import pickle
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,9 @@ class PreferenceTrainer:
         if self.loss_class.needs_reference:
             draw = PromptSource(source.rows, seed=source.seed, shuffle=source.shuffle)
             used = sorted(set(draw.take(self.config.max_steps * self.config.preference.pairs_per_step)))
+            if self.config.logging.progress:
+                print(f"scoring the reference log-probs of {len(used)} training and {len(self.eval_groups)} "
+                      "held-out pairs (once)", file=sys.stderr, flush=True)
             scores = self._score([self.train_groups[i] for i in used], actors.learners)
             state["references"] = dict(zip(used, scores))
             state["eval_references"] = self._score(self.eval_groups, actors.learners)

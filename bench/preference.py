@@ -11,7 +11,8 @@ clean. Every variant trains 5 epochs (157 steps of 32 pairs) at the same learnin
 * ``dpo``: DPO, beta 0.1, reference log-probs of the initial model;
 * ``power-dl``: POWER with dynamic labels, the recipe power-dl-arith (beta 2, sft_weight 0.5,
   label_rate 0.1: the spec's values, not verified against the paper);
-* ``power``: the same with label_rate 0 (labels fixed at 1): what the dynamic labels add.
+* ``power``: the same with label_rate 0 (labels fixed at 1): what the dynamic labels add;
+* ``power-dl-0.5`` (``--variants power-dl-0.5``, ours): label_rate 0.5, labels five times as fast.
 
 Measured after training, against the truth:
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,7 +44,10 @@ VARIANTS = {
     "dpo": ("dpo-arith", {}),
     "power-dl": ("power-dl-arith", {}),
     "power": ("power-dl-arith", {"preference.label_rate": "0"}),
+    # ours, not the spec's: labels that move five times as fast (a pair used 5 times can fall below 1/2)
+    "power-dl-0.5": ("power-dl-arith", {"preference.label_rate": "0.5"}),
 }
+DEFAULT_VARIANTS = ["dpo", "power-dl", "power"]
 
 
 def run_one(variant: str, noise: float, seed: int, folder: Path, epochs: float) -> dict:
@@ -58,7 +63,7 @@ def run_one(variant: str, noise: float, seed: int, folder: Path, epochs: float) 
            "pass_rate": summary["eval_pass_rate_after"], "pass_rate_before": summary["eval_pass_rate_before"],
            "wall_seconds": summary["wall_seconds"]}
     labels_path = Path(summary["run_dir"]) / "pair_labels.jsonl"
-    if labels_path.is_file() and variant == "power-dl":
+    if labels_path.is_file() and variant.startswith("power-dl"):
         rows = trainer.env.preference_dataset("train")
         labels = [json.loads(line) for line in labels_path.read_text().splitlines()]
         flipped = [x["label"] for x in labels if x["uses"] and rows[x["row"] - 1]["flipped"]]
@@ -92,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "preference.json"))
     args = parser.parse_args()
@@ -104,7 +109,8 @@ def main() -> None:
                     results.append(run_one(variant, noise, seed, Path(tmp), args.epochs))
                     print(json.dumps(results[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": "python bench/preference.py", "epochs": args.epochs,
+    command = "python bench/preference.py " + " ".join(sys.argv[1:])
+    Path(args.out).write_text(json.dumps({"command": command.strip(), "epochs": args.epochs,
                                           "results": results, "table": table(results)}, indent=2) + "\n")
     print(table(results))
 

@@ -115,6 +115,8 @@ def test_bad_pairs_stop_the_run_before_anything_starts(tmp_path):
                                           r"identical\n  row 3: missing column 'rejected'"):
         PreferenceTrainer(args=config)
     assert not (tmp_path / "run").exists()
+    config.data.on_bad_row = "skip"  # or drop them, named in a warning
+    assert [p.row for p in PreferenceTrainer(args=config).train_pairs] == [1]
 
 
 def test_an_environment_without_pairs_needs_a_file(tmp_path):
@@ -172,7 +174,7 @@ def test_rlkit_train_runs_a_preference_recipe_and_resumes_it(tmp_path):
     assert (out / "reward_curve.png").is_file()  # training accuracy and held-out accuracy
     events = b"".join(p.read_bytes() for p in (out / "tb").glob("events.out.tfevents.*"))
     assert b"labels" in events and b"label_mean" in events  # the labels' histogram, beside the scalars
-    result = CliRunner().invoke(app, ["train", "--resume", str(out), "--max_steps", "3"])
+    result = CliRunner().invoke(app, ["train", "--resume", str(out), "--max_steps", "3", "--preference.epochs", "5"])
     assert result.exit_code == 0, result.output
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
 

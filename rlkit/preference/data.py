@@ -13,6 +13,7 @@ template to render it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -30,11 +31,13 @@ class PreferencePair:
     row: int  # 1-based number of the row in its source
 
 
-def load_pairs(rows: Iterable[Any], origin: str, tokenizer=None, max_length: int | None = None) -> list[PreferencePair]:
+def load_pairs(rows: Iterable[Any], origin: str, tokenizer=None, max_length: int | None = None, *,
+               skip_bad: bool = False) -> list[PreferencePair]:
     """The rows as :class:`PreferencePair` s, or a ConfigError naming every bad row.
 
     With ``tokenizer`` and ``max_length``, a pair whose prompt plus longer response has more than
-    ``max_length`` tokens is refused (the model could not score it whole).
+    ``max_length`` tokens is refused (the model could not score it whole). With ``skip_bad``
+    (``data.on_bad_row: skip``) bad rows are dropped instead, and named in a warning.
     """
     rows = list(rows)
     pairs, problems = [], []
@@ -49,7 +52,10 @@ def load_pairs(rows: Iterable[Any], origin: str, tokenizer=None, max_length: int
     if problems:
         shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
         more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise ConfigError(f"{origin}: {len(problems)} bad preference row(s) of {len(rows)}:\n  {shown}{more}")
+        message = f"{origin}: {len(problems)} bad preference row(s) of {len(rows)}:\n  {shown}{more}"
+        if not skip_bad:
+            raise ConfigError(message + "\n(set data.on_bad_row: skip to drop such rows)")
+        print(f"warning: skipped {message}", file=sys.stderr)
     if not pairs:
         raise ConfigError(f"{origin}: no preference pairs")
     return pairs

@@ -91,6 +91,8 @@ class PreferenceTrainer:
         config = RLConfig()
         apply_mapping(config, run.load_config(), str(run.config_path))
         apply_overrides(config, overrides or {})
+        if "max_steps" in (overrides or {}):
+            config.preference.epochs = 0.0  # a max_steps given now wins over the epochs that set it before
         config.output_dir = str(run.path)
         return cls(args=config)
 
@@ -107,7 +109,7 @@ class PreferenceTrainer:
                     raise ConfigError(str(exc)) from None
                 return []  # no held-out pairs: the run reports no held-out accuracy
             origin = f"environment {self.config.env.name}, {split} pairs"
-        return load_pairs(rows, origin, tokenizer, self.max_length)
+        return load_pairs(rows, origin, tokenizer, self.max_length, skip_bad=self.config.data.on_bad_row == "skip")
 
     # --- the run ---------------------------------------------------------------------------------
 

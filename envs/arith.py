@@ -84,13 +84,17 @@ def near_miss(answer: int, rng: random.Random) -> str:
 
 @rlkit.env("arith")
 class ArithEnv(Environment):
-    """Integer arithmetic with exact answers; difficulty 1-5, seeded, held-out eval split."""
+    """Integer arithmetic with exact answers; difficulty 1-5, seeded, held-out eval split.
+
+    ``chat: true`` gives the rows in TRL's conversational format: the problem as a user message,
+    the answer in ``answer`` and in ``solution`` (the column TRL's ``accuracy_reward`` reads)."""
 
     default_rewards = ("exact_match",)
     required_columns = ("answer",)
 
     def __init__(self, difficulty: int = 1, train_size: int = 20000, eval_size: int = 200, seed: int = 0,
-                 pair_noise: float = 0.0, pair_rejected: str = "model", pair_noise_seed: int = 0):
+                 pair_noise: float = 0.0, pair_rejected: str = "model", pair_noise_seed: int = 0,
+                 chat: bool = False):
         if difficulty not in LEVELS:
             raise ValueError(f"difficulty must be one of {', '.join(map(str, LEVELS))}, got {difficulty!r}")
         if train_size < 1 or eval_size < 1:
@@ -101,15 +105,21 @@ class ArithEnv(Environment):
         if pair_rejected not in ("model", "near_miss"):
             raise ValueError(f"pair_rejected must be model or near_miss, got {pair_rejected!r}")
         self.pair_noise, self.pair_rejected, self.pair_noise_seed = pair_noise, pair_rejected, pair_noise_seed
+        self.chat = chat
 
     def dataset(self, split: str) -> list[dict[str, Any]]:
         if split not in ("train", "eval"):
             raise ValueError(f"unknown split {split!r}; arith has 'train' and 'eval'")
         held_out = self._draw(random.Random(f"arith-eval-{self.seed}-{self.difficulty}"), self.eval_size, set())
         if split == "eval":
-            return [self._row(p) for p in held_out]
-        train_rng = random.Random(f"arith-train-{self.seed}-{self.difficulty}")
-        return [self._row(p) for p in self._draw(train_rng, self.train_size, set(held_out), unique=False)]
+            rows = [self._row(p) for p in held_out]
+        else:
+            train_rng = random.Random(f"arith-train-{self.seed}-{self.difficulty}")
+            rows = [self._row(p) for p in self._draw(train_rng, self.train_size, set(held_out), unique=False)]
+        if self.chat:  # TRL's conversational format: the problem as a user message, the answer as `solution`
+            rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"],
+                     "solution": r["answer"]} for r in rows]
+        return rows
 
     def preference_dataset(self, split: str) -> list[dict[str, Any]]:
         """A pair per row of ``split``: the correct answer against a wrong one.
@@ -124,7 +134,7 @@ class ArithEnv(Environment):
         noise = random.Random(f"arith-pair-noise-{self.seed}-{self.difficulty}-{self.pair_noise_seed}")
         mistakes = _model_mistakes(split) if self.pair_rejected == "model" else {}
         pairs = []
-        for row in self.dataset(split):
+        for row in ArithEnv(self.difficulty, self.train_size, self.eval_size, self.seed).dataset(split):
             wrong = mistakes.get(row["prompt"]) or near_miss(
                 int(row["answer"]), random.Random(f"arith-pair-{self.seed}-{row['prompt']}"))
             flipped = split == "train" and noise.random() < self.pair_noise

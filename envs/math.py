@@ -10,7 +10,10 @@ user named it). Splits:
 * a single file and ``eval_size: n``: ``n`` rows drawn with ``seed`` are held out for eval and the
   rest train; both keep the file's order and its row numbers.
 
-Each row becomes ``{**original_columns, "prompt": template filled with the question, "answer": ...}``.
+Each row becomes ``{**original_columns, "prompt": template filled with the question, "answer": ...}``;
+with ``chat: true`` the prompt is a user message (TRL's conversational format, rendered with the
+chat template) and the answer is also in ``solution``, the column TRL's ``accuracy_reward`` reads.
+``dataset_config`` names a hub dataset's configuration (GSM8K's ``main``).
 GSM8K-style answers (a worked solution ending ``#### 1,234``) become the text after the last
 ``####`` with thousands separators removed (``1234``); numbers become text (``3.0`` as ``3``);
 other text is kept as it is.
@@ -79,7 +82,7 @@ class MathEnv(Environment):
     def __init__(self, train_file: str | None = None, eval_file: str | None = None, *,
                  question_column: str = "question", answer_column: str = "answer",
                  prompt_template: str = DEFAULT_TEMPLATE, train_split: str = "train", eval_split: str = "test",
-                 eval_size: int = 0, seed: int = 0):
+                 eval_size: int = 0, seed: int = 0, dataset_config: str | None = None, chat: bool = False):
         if not train_file:
             raise ValueError("the math environment needs env.args.train_file (a .jsonl/.json/.parquet/.csv "
                              "file, a save_to_disk folder or a hub dataset id)")
@@ -99,6 +102,7 @@ class MathEnv(Environment):
         self.prompt_template = prompt_template
         self.train_split, self.eval_split = train_split, eval_split
         self.eval_size, self.seed = eval_size, seed
+        self.dataset_config, self.chat = dataset_config, chat
 
     def dataset(self, split: str) -> list[dict[str, Any]]:
         if split not in ("train", "eval"):
@@ -111,7 +115,7 @@ class MathEnv(Environment):
 
     def _rows(self, source: str, split: str) -> list[dict[str, Any]]:
         """One output row per source row, in order, so check_rows' row numbers are the file's."""
-        return [self.row(raw) for raw in read_rows(source, split)]
+        return [self.row(raw) for raw in read_rows(source, split, self.dataset_config)]
 
     def row(self, raw: Any) -> Any:
         """``raw`` with ``prompt`` and ``answer`` added; a non-mapping is passed on for check_rows to report."""
@@ -124,10 +128,12 @@ class MathEnv(Environment):
             prompt = None  # reported as "no value in the prompt column"
         else:
             prompt = render_prompt(self.prompt_template, question, raw) if question.strip() else ""
-        row = {**raw, "prompt": prompt}
+        row = {**raw, "prompt": [{"role": "user", "content": prompt}] if self.chat and prompt else prompt}
         row.pop("answer", None)
         if self.answer_column in raw:  # left out otherwise: reported as "missing the required column"
             row["answer"] = parse_answer(raw[self.answer_column])
+            if self.chat:
+                row["solution"] = row["answer"]  # the column TRL's accuracy_reward reads
         return row
 
     def _held_out_split(self, split: str) -> list[dict[str, Any]]:

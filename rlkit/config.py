@@ -50,6 +50,9 @@ class ModelConfig:
     lora_dropout: float = _help("LoRA dropout", default=0.0)
     lora_target_modules: list[str] = _help(
         "modules LoRA adapts", default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    chat_template: str | None = _help(
+        "Jinja chat template (the template itself, or a file holding it) that renders conversational prompts; "
+        "replaces the tokenizer's own, and is saved with the final model", default=None)
 
 
 @dataclass
@@ -66,7 +69,15 @@ class DataConfig:
     eval_file: str | None = _help("held-out prompts for pass-rate evaluation (same forms)", default=None)
     train_split: str = _help("split to read from a hub dataset for training", default="train")
     eval_split: str = _help("split to read from a hub dataset for evaluation", default="test")
-    prompt_column: str = _help("column holding the prompt text", default="prompt")
+    prompt_column: str = _help(
+        "column holding the prompt: text, or a list of {role, content} messages rendered with the chat "
+        "template (TRL's conversational format)", default="prompt")
+    system_prompt: str | None = _help(
+        "a system message put first in every conversational prompt that has none of its own", default=None)
+    max_prompt_length: int = _help("tokens a prompt may have (0 = no limit); see on_long_prompt", default=0)
+    on_long_prompt: str = _help(
+        "a prompt over max_prompt_length: `error` refuses the dataset (naming the row), `truncate` keeps its "
+        "last max_prompt_length tokens (as TRL does)", default="error")
     shuffle: bool = _help("shuffle training prompts each epoch", default=True)
     on_bad_row: str = _help("a malformed row: `error` refuses the dataset, `skip` drops the row", default="error")
     eval_limit: int = _help("evaluate on at most this many held-out rows (0 = all)", default=0)
@@ -111,6 +122,9 @@ class RolloutConfig:
     prompts_per_step: int = _help("prompts per optimizer step; a step trains on prompts_per_step x G samples",
                                   default=32)
     max_completion_length: int = _help("tokens generated at most per completion", default=8)
+    stop: list[str] = _help(
+        "strings that end a completion (as the end token does); the completion's text stops before the "
+        "string, its tokens include the ones that wrote it", default_factory=list)
     temperature: float = _help("sampling temperature", default=1.0)
     top_p: float = _help("nucleus sampling; 1.0 disables it", default=1.0)
     top_k: int = _help("top-k sampling; 0 disables it", default=0)

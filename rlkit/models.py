@@ -64,6 +64,10 @@ def load_tokenizer(config: ModelConfig):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
+    if config.chat_template:
+        from rlkit.chat import template_text
+
+        tokenizer.chat_template = template_text(config.chat_template)
     return tokenizer
 
 

@@ -23,7 +23,7 @@ def load_rows(source: str, split: str, data: DataConfig, required: Sequence[str]
     return check_rows(read_rows(source, split), data, origin=source, required=required, lists=lists)
 
 
-def read_rows(source: str, split: str) -> list[dict[str, Any]]:
+def read_rows(source: str, split: str, name: str | None = None) -> list[dict[str, Any]]:
     """Every row of ``source``, in file order, unchecked.
 
     ``source`` is a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file, a folder written by
@@ -39,7 +39,7 @@ def read_rows(source: str, split: str) -> list[dict[str, Any]]:
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         return _read_json(path)
     try:
-        return [dict(row) for row in _load_with_datasets(source, path, split)]
+        return [dict(row) for row in _load_with_datasets(source, path, split, name)]
     except ConfigError:
         raise
     except Exception as exc:
@@ -62,7 +62,7 @@ def has_splits(source: str) -> bool:
     return not path.is_dir() or (path / "dataset_dict.json").is_file()
 
 
-def _load_with_datasets(source: str, path: Path, split: str):
+def _load_with_datasets(source: str, path: Path, split: str, name: str | None = None):
     import datasets
 
     if path.is_file():
@@ -74,7 +74,7 @@ def _load_with_datasets(source: str, path: Path, split: str):
                 raise ConfigError(f"{path}: no split {split!r} (splits: {', '.join(dataset)})")
             dataset = dataset[split]
         return dataset
-    return datasets.load_dataset(source, split=split)  # a hub id the user named
+    return datasets.load_dataset(source, name, split=split)  # a hub id the user named
 
 
 def _read_json(path: Path) -> list[Any]:
@@ -143,6 +143,43 @@ def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
     return good
 
 
+def check_prompt_rendering(rows: list[dict[str, Any]], tokenizer, data: DataConfig,
+                           origin: str) -> list[dict[str, Any]]:
+    """What needs the tokenizer, checked before anything starts: conversational prompts render with
+    the chat template, and no prompt is longer than ``data.max_prompt_length`` (under
+    ``on_long_prompt: error``). A bad row is refused, or skipped per ``data.on_bad_row``, by number."""
+    from rlkit.chat import encode_prompt, is_conversational
+
+    column = data.prompt_column
+    numbers = getattr(rows, "row_numbers", None) or range(1, len(rows) + 1)
+    limit = data.max_prompt_length if data.on_long_prompt == "error" else 0
+    conversational = [n for n, row in zip(numbers, rows) if is_conversational(row[column])]
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"{origin}, row {conversational[0]}: a conversational prompt, and the tokenizer has no "
+                          "chat template to render it; set model.chat_template (a template string or a file)")
+    if not conversational and not limit:
+        return rows
+    good = []
+    for number, row in zip(numbers, rows):
+        try:
+            length = len(encode_prompt(tokenizer, row[column], data.system_prompt))
+        except Exception as exc:  # noqa: BLE001 (a template raises what it likes on bad messages)
+            problem = f"the chat template cannot render the prompt ({type(exc).__name__}: {exc})"
+        else:
+            problem = (f"the prompt has {length} tokens, more than data.max_prompt_length {limit} (or set "
+                       "data.on_long_prompt: truncate)") if limit and length > limit else None
+        if problem is None:
+            good.append(row)
+            continue
+        message = f"{origin}, row {number}: {problem}"
+        if data.on_bad_row == "error":
+            raise ConfigError(message + " (set data.on_bad_row: skip to drop such rows)")
+        print(f"warning: skipped {message}", file=sys.stderr)
+    if not good:
+        raise ConfigError(f"{origin}: no usable rows")
+    return good
+
+
 def row_problem(row: Any, prompt_column: str, required: Sequence[str] = (), lists: Sequence[str] = ()) -> str | None:
     """What is wrong with ``row`` (a short phrase), or None when it is usable."""
     if not isinstance(row, dict):
@@ -152,9 +189,15 @@ def row_problem(row: Any, prompt_column: str, required: Sequence[str] = (), list
     prompt = row[prompt_column]
     if prompt is None:
         return f"no value in the prompt column {prompt_column!r}"
-    if not isinstance(prompt, str):
-        return f"prompt column {prompt_column!r} is {type(prompt).__name__}, expected text"
-    if not prompt.strip():
+    if isinstance(prompt, (list, tuple)):  # conversational: {role, content} messages
+        from rlkit.chat import messages_problem
+
+        problem = messages_problem(prompt)
+        if problem is not None:
+            return f"prompt column {prompt_column!r}: {problem}"
+    elif not isinstance(prompt, str):
+        return f"prompt column {prompt_column!r} is {type(prompt).__name__}, expected text or a list of messages"
+    elif not prompt.strip():
         return f"empty prompt in column {prompt_column!r}"
     for column in required:
         problem = _value_problem(row, column, column in lists)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from rlkit import metric_names as m
 from rlkit.config import ConfigError, RLConfig, apply_mapping
 from rlkit.objectives import objective_from_config
-from rlkit.prompts import PromptSource, check_rows, load_rows
+from rlkit.prompts import PromptSource, check_prompt_rendering, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
 from rlkit.runs import (ACTOR_DIED, ACTOR_RETRY, MetricsLogger, RunDirectory, TrainingProgress, plot_reward_curve,
                         render_summary, write_summary)
@@ -55,6 +55,9 @@ class RLTrainer:
         self.collaborators = parse_collaborators(self.config)
         check_same_tokenizer(self.config, self.collaborators)
         self.env = _make_env(self.config)
+        from rlkit.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.config.model)
         self.reward_funcs = _reward_list(given, self.config, self.env)
         self.eval_reward_funcs = _eval_reward_list(self.config, self.env)
         self.train_rows = self._rows(train_dataset, self.config.data.train_file, "train")
@@ -78,15 +81,22 @@ class RLTrainer:
         return cls(args=config)
 
     def _rows(self, dataset: Any, file: str | None, split: str) -> list[dict[str, Any]]:
-        """Rows for ``split``, checked now: a prompt, plus the columns the environment's rewards need."""
+        """Rows for ``split``, checked now: a prompt (rendered with the chat template when it is a list
+        of messages, and within data.max_prompt_length), plus the columns the environment's rewards need."""
         required = () if split == "train" and self.config.data.label_free else getattr(self.env, "required_columns", ())
         checks = {"required": required, "lists": getattr(self.env, "list_columns", ())}
         if dataset is not None:
-            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset", **checks)
-        if file:
-            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, **checks)
-        return check_rows(self.env.dataset(split), self.config.data,
-                          origin=f"environment {self.config.env.name}, {split} split", **checks)
+            origin = f"{split}_dataset"
+            rows = check_rows(list(dataset), self.config.data, origin=origin, **checks)
+        elif file:
+            origin = file
+            rows = load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, **checks)
+        else:
+            origin = f"environment {self.config.env.name}, {split} split"
+            rows = check_rows(self.env.dataset(split), self.config.data, origin=origin, **checks)
+        if getattr(self.env, "multi_turn", False):  # the environment writes the prompt the model reads
+            return rows
+        return check_prompt_rendering(rows, self.tokenizer, self.config.data, origin)
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass rate of the configured model on the eval rows, in this process (no Ray)."""

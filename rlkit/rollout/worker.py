@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rlkit.chat import as_completion, encode_prompt, render_prompt
 from rlkit.config import RLConfig
 from rlkit.data import Rollout, RolloutGroup
 from rlkit.reward_pool import build_reward_scorer
@@ -52,7 +53,8 @@ class RolloutWorker:
         if rollout.sampler == "entropy_tree":
             self.tree = TreeShape.for_group(rollout.num_generations, rollout.fork_points, rollout.fork_branches)
         self.sampling = SamplingParams(max_new_tokens=rollout.max_completion_length,
-                                       temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k)
+                                       temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
+                                       stop=tuple(rollout.stop))
         self.episodes = _episode_runner(config, self.engine, self.tokenizer)
 
     @property
@@ -109,12 +111,13 @@ class RolloutWorker:
         if self.multi_turn:  # episodes are played turn by turn over all rows: they end together
             yield self._episode_groups(items, seed, sampling, group_size)
             return
-        prompt_ids = [self._encode(row[column]) for _, row in items]
+        prompt_ids = [self._encode_prompt(row[column]) for _, row in items]
         for ended in self._sample(items, prompt_ids, group_size, sampling, seed, flat=evaluation):
             groups = []
             for i, samples, generated in ended:
                 index, row = items[i]
-                groups.append(RolloutGroup(prompt_index=index, prompt=row[column], prompt_ids=prompt_ids[i], row=row,
+                groups.append(RolloutGroup(prompt_index=index, prompt=self._prompt_text(row[column]),
+                                           prompt_ids=prompt_ids[i], row=row,
                                            rollouts=[self._rollout(s) for s in samples],
                                            policy_version=self.policy_version, generated_tokens=generated,
                                            source=self.source))
@@ -149,8 +152,11 @@ class RolloutWorker:
         failures go to the group they happened in."""
         pairs = [(g, r) for g in groups for r in g.rollouts]
         group_ids = [k for k, g in enumerate(groups) for _ in g.rollouts]
-        outcome = scorer.score([g.prompt for g, _ in pairs], [r.text for _, r in pairs],
-                                     [r.completion_ids for _, r in pairs], [g.row for g, _ in pairs], group_ids)
+        # as TRL's GRPOTrainer gives them: the dataset's prompt (messages, or text), and each completion
+        # as an assistant message when the prompt is conversational
+        prompts = [g.row.get(self.config.data.prompt_column, g.prompt) for g, _ in pairs]
+        outcome = scorer.score(prompts, [as_completion(p, r.text) for p, (_, r) in zip(prompts, pairs)],
+                               [r.completion_ids for _, r in pairs], [g.row for g, _ in pairs], group_ids)
         for (_, rollout), total, parts in zip(pairs, outcome.totals, outcome.components):
             rollout.reward, rollout.reward_components = total, parts
         size = len(groups[0].rollouts) if groups else 1
@@ -176,7 +182,8 @@ class RolloutWorker:
         """Greedy pass rate: the share of rows whose greedy completion (or, in a multi-turn
         environment, greedy episode) earns >= ``pass_threshold`` in total."""
         column = self.config.data.prompt_column
-        greedy = SamplingParams(max_new_tokens=self.config.rollout.max_completion_length, greedy=True)
+        greedy = SamplingParams(max_new_tokens=self.config.rollout.max_completion_length, greedy=True,
+                                stop=tuple(self.config.rollout.stop))
         passed, reward_sum = 0, 0.0
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
@@ -186,9 +193,9 @@ class RolloutWorker:
                 passed += sum(total >= pass_threshold for total in totals)
                 reward_sum += sum(totals)
                 continue
-            requests = [Request.of(self._encode(row[column]), 1, key=i) for i, row in enumerate(chunk)]
+            requests = [Request.of(self._encode_prompt(row[column]), 1, key=i) for i, row in enumerate(chunk)]
             outs = [samples[0] for samples in generate(self.engine, requests, greedy, seed=0)]
-            texts = [self._decode(s.completion_ids) for s in outs]
+            texts = [as_completion(row[column], self._rollout(s).text) for row, s in zip(chunk, outs)]
             scores = self.eval_rewards.score([r[column] for r in chunk], texts, [s.completion_ids for s in outs], chunk)
             passed += sum(total >= pass_threshold for total in scores.totals)
             reward_sum += sum(scores.totals)
@@ -213,13 +220,40 @@ class RolloutWorker:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]  # adds BOS for models trained with one
 
+    def _encode_prompt(self, prompt: Any) -> list[int]:
+        """A dataset prompt as ids: text, or messages through the chat template; over
+        ``data.max_prompt_length`` it keeps its last tokens (``on_long_prompt: truncate``; under
+        ``error`` the driver refused such rows before the run)."""
+        ids = encode_prompt(self.tokenizer, prompt, self.config.data.system_prompt)
+        limit = self.config.data.max_prompt_length
+        return ids[-limit:] if limit and len(ids) > limit else ids
+
+    def _prompt_text(self, prompt: Any) -> str:
+        return render_prompt(self.tokenizer, prompt, self.config.data.system_prompt)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _rollout(self, sample) -> Rollout:
+        sample, text = cut_at_stop(sample, self.config.rollout.stop, self._decode)
         return Rollout(completion_ids=sample.completion_ids, behavior_logprobs=sample.logprobs,
-                       entropies=sample.entropies, text=self._decode(sample.completion_ids),
-                       truncated=sample.truncated)
+                       entropies=sample.entropies, text=text, truncated=sample.truncated)
+
+
+def cut_at_stop(sample, stops: list[str], decode) -> tuple[Any, str]:
+    """``(sample, text)`` ended at its first stop string (``rollout.stop``): the tokens up to the one
+    that completed it (kept: the policy wrote them), the text before it (what rewards read, as vLLM
+    gives it). The engine stops there already; this also holds for an engine that ignores stops."""
+    text = decode(sample.completion_ids)
+    found = [text.find(stop) for stop in stops if stop and stop in text]
+    if not found:
+        return sample, text
+    ids = sample.completion_ids
+    end = next(k for k in range(1, len(ids) + 1) if any(stop in decode(ids[:k]) for stop in stops if stop))
+    if end < len(ids) or sample.truncated:
+        sample = dataclasses.replace(sample, completion_ids=ids[:end], logprobs=sample.logprobs[:end],
+                                     entropies=sample.entropies[:end], truncated=False)
+    return sample, text[:min(found)]
 
 
 def _episode_runner(config: RLConfig, engine: Engine, tokenizer) -> EpisodeRunner | None:

@@ -43,6 +43,10 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
+    # strings that end a sample as the end token does (``rollout.stop``); the sample keeps the
+    # tokens that wrote the string. An engine that cannot stop on them early may ignore them: the
+    # rollout worker cuts every sample at its first stop string as well
+    stop: tuple[str, ...] = ()
 
 
 @dataclass

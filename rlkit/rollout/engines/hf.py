@@ -53,8 +53,13 @@ class HFEngine:
         if max_batch_sequences < 1:
             raise ValueError(f"max_batch_sequences must be >= 1, got {max_batch_sequences}")
         self.model = model.eval()
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
+        # a sample ends on any end token: the tokenizer's, and those of the model's generation config
+        # (chat models end a turn with their own, e.g. Qwen's <|im_end|> beside <|endoftext|>)
+        self.end_ids = end_token_ids(tokenizer, model)
+        self._stop_candidates: dict[tuple[str, ...], torch.Tensor] = {}
         self.max_batch_sequences = max_batch_sequences
         self.max_batch_tokens = max_batch_tokens
         self._version = 0
@@ -78,6 +83,20 @@ class HFEngine:
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         self.model.load_state_dict(state_dict, strict=True)
         self._version = version
+
+    def stop_candidates(self, stops: tuple[str, ...]) -> torch.Tensor:
+        """``[V]`` bool: tokens whose text holds the last character of a stop string, the only tokens
+        that can complete one (checked on the device; only rows that sample one are decoded)."""
+        if stops not in self._stop_candidates:
+            last = {s[-1] for s in stops if s}
+            vocab = len(self.tokenizer)
+            size = max(vocab, self.model.get_output_embeddings().weight.shape[0])
+            hits = torch.zeros(size, dtype=torch.bool)
+            for token in range(vocab):
+                text = self.tokenizer.decode([token])
+                hits[token] = any(ch in text for ch in last)
+            self._stop_candidates[stops] = hits.to(self.device)
+        return self._stop_candidates[stops]
 
     @torch.no_grad()
     def stream(self, requests: list[Request], params: SamplingParams,
@@ -148,6 +167,9 @@ class _Run:
             raise ValueError("a request asks for max_new_tokens < 1")
         self.unfinished = [r.n for r in requests]  # per request, on the host
         self.rows: _Rows | None = None
+        self.end_ids = engine.end_ids.to(device)
+        self.stopped = torch.zeros(total, dtype=torch.bool, device=device)  # ended by a stop string
+        self.stop_candidates = engine.stop_candidates(params.stop) if params.stop else None
 
     def loop(self) -> Iterator[list[tuple[int, list[Sample]]]]:
         waiting = deque(range(len(self.requests)))
@@ -246,8 +268,28 @@ class _Run:
         self.logprobs[where, at] = pick(logprobs)
         self.entropies[where, at] = pick(entropies)
         self.lengths[where] = at + 1
-        finished = (tokens == self.engine.eos_id) | (count + 1 >= self.limits[samples])
+        finished = torch.isin(tokens, self.end_ids) | (count + 1 >= self.limits[samples])
+        if self.stop_candidates is not None:
+            finished = finished | self._hit_stop(tokens, samples, at, live)
         return tokens, finished
+
+    def _hit_stop(self, tokens, samples, at, live) -> torch.Tensor:
+        """Rows whose text now holds a stop string (decoded only where the new token could end one)."""
+        hit = torch.zeros_like(tokens, dtype=torch.bool)
+        candidates = self.stop_candidates[tokens]
+        if live is not None:
+            candidates = candidates & live
+        rows = candidates.nonzero().squeeze(1).tolist()
+        if not rows:
+            return hit
+        at_all = at if live is None else torch.zeros_like(samples).masked_scatter(live, at)
+        for row in rows:
+            sample = int(samples[row])
+            text = self.engine.tokenizer.decode(self.tokens[sample, :int(at_all[row]) + 1].tolist())
+            if any(stop in text for stop in self.params.stop):
+                hit[row] = True
+                self.stopped[sample] = True
+        return hit
 
     def _compact_if_worth_it(self) -> None:
         rows = self.rows
@@ -274,9 +316,20 @@ class _Run:
         tokens = self.tokens[first:first + n].tolist()
         logprobs = self.logprobs[first:first + n].tolist()
         entropies = self.entropies[first:first + n].tolist()
-        eos = self.engine.eos_id
-        return [Sample(completion_ids=t[:k], logprobs=lp[:k], entropies=e[:k], truncated=t[k - 1] != eos)
-                for t, lp, e, k in zip(tokens, logprobs, entropies, lengths)]
+        stopped = self.stopped[first:first + n].tolist()
+        ends = set(self.end_ids.tolist())
+        return [Sample(completion_ids=t[:k], logprobs=lp[:k], entropies=e[:k],
+                       truncated=t[k - 1] not in ends and not stop)
+                for t, lp, e, k, stop in zip(tokens, logprobs, entropies, lengths, stopped)]
+
+
+def end_token_ids(tokenizer, model) -> torch.Tensor:
+    """The ids that end a sample: the tokenizer's end token and the generation config's (an int or a list)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
+    return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 def _layers(cache) -> list:

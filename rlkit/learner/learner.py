@@ -341,8 +341,12 @@ class Learner:
         self.objective.load_state_dict(state)
 
     def save_pretrained(self, path: str) -> None:
-        """The trained model in Hugging Face format (safetensors), LoRA merged."""
+        """The trained model in Hugging Face format (safetensors), LoRA merged, with its tokenizer (and
+        chat template); with LoRA the adapter alone goes to ``path/adapter`` as well (peft's format)."""
         weights = self.export_weights()
+        with _gathered(self.engine, self.config.learner.zero_stage):
+            if self.rank == 0 and hasattr(self.engine.module, "peft_config"):
+                self.engine.module.save_pretrained(str(Path(path) / "adapter"), safe_serialization=True)
         if self.rank != 0:
             return
         from rlkit.models import load_model

@@ -5,7 +5,8 @@ earns reward 1 and ends the episode; a wrong one earns 0 and the environment rep
 and the problem again (`` higher\\n23+58=``: the answer is larger than the guess; ``lower``: smaller;
 ``number?``: the guess was not an integer), up to ``max_turns`` turns. An episode succeeds when
 its total reward reaches 1 (``rewards.pass_threshold``). The feedback is short because the bundled
-model has 128 positions.
+model has 128 positions. With ``chat: true`` the problem is a user message, and each hint comes
+back as the next user message, through the chat template.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class ArithRetryEnv(ArithEnv):
     default_rewards = ()
 
     def __init__(self, difficulty: int = 1, max_turns: int = 3, train_size: int = 20000, eval_size: int = 200,
-                 seed: int = 0):
-        super().__init__(difficulty=difficulty, train_size=train_size, eval_size=eval_size, seed=seed)
+                 seed: int = 0, chat: bool = False):
+        super().__init__(difficulty=difficulty, train_size=train_size, eval_size=eval_size, seed=seed, chat=chat)
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns!r}")
         self.max_turns = max_turns
@@ -51,4 +52,6 @@ class ArithRetryEnv(ArithEnv):
         answer = self.row["answer"]
         if completion.strip() == answer:
             return StepResult(reward=1.0, done=True)
-        return StepResult(reward=0.0, done=False, feedback=f" {hint(completion, int(answer))}\n{self.row['prompt']}")
+        prompt = self.row["prompt"]  # text, or (chat: true) the problem as a user message
+        problem = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        return StepResult(reward=0.0, done=False, feedback=f" {hint(completion, int(answer))}\n{problem}")

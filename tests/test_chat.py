@@ -244,3 +244,41 @@ def test_rlkit_train_runs_the_tiny_chat_recipe(tmp_path):
     metrics = read_metrics(out / "metrics.jsonl")
     assert len(metrics) == 2 and all(m["failures"] == 0 for m in metrics)
     assert json.loads((out / "summary.json").read_text())["eval_pass_rate_before"] > 0.2
+
+
+def test_multi_turn_feedback_goes_through_the_chat_template(tmp_path):
+    """arith_retry with chat: the hint is a user message; the episode's tokens are exactly the
+    template's rendering of its messages, and the template's tokens are masked out of the loss."""
+    from rlkit.rollout.worker import RolloutWorker
+
+    config = load_config(None, {**QUICK, "env.name": "arith_retry", "env.args": "{chat: true, max_turns: 3}",
+                                "model.chat_template": TEMPLATE, "objective.name": "trloo",
+                                "rollout.temperature": "1.0"})
+    trainer = RLTrainer(args=config)
+    worker = RolloutWorker(trainer.config, trainer.reward_funcs, threads=0)
+    rows = trainer.train_rows[:6]
+    groups = worker.generate_groups(list(enumerate(rows)), seed=3)
+    tokenizer = worker.tokenizer
+    multi = 0
+    for row, group in zip(rows, groups):
+        assert group.prompt == row["prompt"][0]["content"]  # rendered by the template
+        for rollout in group.rollouts:
+            turns = len(rollout.turn_rewards)
+            multi += turns > 1
+            # the whole context, decoded, is the template's rendering of the conversation it played
+            messages = list(row["prompt"])
+            model_turns = [tokenizer.decode([t for t, k, m in zip(rollout.completion_ids, rollout.token_turns,
+                                                                    rollout.loss_mask) if k == turn and m],
+                                            skip_special_tokens=True) for turn in range(turns)]
+            for turn, text in enumerate(model_turns):
+                messages.append({"role": "assistant", "content": text})
+                if turn + 1 < turns:
+                    answer = int(row["answer"])
+                    guess = text.strip()
+                    hint = "number?" if not guess.lstrip("-").isdigit() else ("higher" if int(guess) < answer else "lower")
+                    messages.append({"role": "user", "content": f" {hint}\n{row['prompt'][0]['content']}"})
+            full = tokenizer.decode(group.prompt_ids + rollout.completion_ids, skip_special_tokens=False)
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+            ends_open = not rollout.truncated  # a model turn ended by the end token, as the template ends it
+            assert full == (rendered if ends_open else rendered[:len(full)]), (full, rendered)
+    assert multi, "no episode took a second turn"

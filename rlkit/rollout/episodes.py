@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from rlkit.chat import is_conversational, render_prompt, with_system_prompt
 from rlkit.data import Rollout
 from rlkit.envs.base import StepResult
 from rlkit.rollout.engines import Engine, Request, Sample, SamplingParams, generate
@@ -27,7 +28,10 @@ logger = logging.getLogger("rlkit.envs")
 class Episode:
     env: Any
     prompt_ids: list[int]
-    history: list[str]  # prompt, completion, feedback, completion, ...
+    # prompt, completion, feedback, completion, ... (text); for a conversational prompt, its messages
+    # followed by an assistant message per turn and a user message per feedback
+    history: list[Any]
+    context: str = ""  # conversational: the text the model has read and written so far
     completion_ids: list[int] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
     behavior_logprobs: list[float] = field(default_factory=list)
@@ -66,15 +70,18 @@ class Episode:
 class EpisodeRunner:
     """Plays ``n`` episodes per row against an environment, batching each turn's generation."""
 
-    def __init__(self, engine: Engine, tokenizer, env, max_turns: int, max_positions: int):
+    def __init__(self, engine: Engine, tokenizer, env, max_turns: int, max_positions: int,
+                 system_prompt: str | None = None):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.engine, self.tokenizer, self.env = engine, tokenizer, env
         self.max_turns, self.max_positions = max_turns, max_positions
+        self.system_prompt = system_prompt
         self.failures: list[dict[str, Any]] = []  # environment errors, with the turn that caused them
 
-    def prompt(self, row: dict[str, Any]) -> str:
-        """The episode's opening text; it must depend on the row only (a group shares its prompt)."""
+    def prompt(self, row: dict[str, Any]) -> Any:
+        """The episode's opening prompt (text, or messages); it must depend on the row only (a group
+        shares its prompt)."""
         return copy.copy(self.env).reset(row)
 
     def run(self, rows: list[dict[str, Any]], n: int, sampling: SamplingParams,
@@ -97,29 +104,57 @@ class EpisodeRunner:
         return [[e.to_rollout(self._decode) for e in group] for group in groups]
 
     def _start(self, row: dict[str, Any], n: int) -> list[Episode]:
-        episodes = []
+        episodes, first = [], None
         for _ in range(n):
             env = copy.copy(self.env)
             prompt = env.reset(row)
-            if episodes and prompt != episodes[0].history[0]:
+            first = prompt if first is None else first
+            if prompt != first:
                 raise ValueError(f"{type(self.env).__name__}.reset() gave two prompts for one row; a group's "
                                  "episodes share their prompt, so put any randomness in the row itself")
-            episodes.append(Episode(env=env, prompt_ids=self._encode(prompt, special=True), history=[prompt]))
+            if is_conversational(prompt):
+                messages = with_system_prompt(prompt, self.system_prompt)
+                context = render_prompt(self.tokenizer, messages)
+                episodes.append(Episode(env=env, prompt_ids=self._encode(context, special=False),
+                                        history=list(messages), context=context))
+            else:
+                episodes.append(Episode(env=env, prompt_ids=self._encode(prompt, special=True), history=[prompt]))
         return episodes
 
     def _take_turn(self, episode: Episode, sample: Sample, turn: int, sampling: SamplingParams) -> None:
         episode.add_model_turn(sample, turn)
         text = self._decode(sample.completion_ids)
         result = self._step(episode, text)
-        episode.history.append(text)
+        chat = bool(episode.context)
+        episode.history.append({"role": "assistant", "content": text} if chat else text)
         episode.turn_rewards.append(result.reward)
-        feedback = self._encode(result.feedback, special=False) if result.feedback else []
+        if chat and result.feedback:
+            feedback = self._feedback_through_template(episode, sample, result.feedback)
+        else:
+            feedback = self._encode(result.feedback, special=False) if result.feedback else []
         room = len(episode.prompt_ids) + len(episode.completion_ids) + len(feedback) + sampling.max_new_tokens
         if result.done or turn + 1 >= self.max_turns or room > self.max_positions:
             episode.done = True
             return
-        episode.history.append(result.feedback)
+        episode.history.append({"role": "user", "content": result.feedback} if chat else result.feedback)
         episode.add_feedback(feedback, turn + 1)
+
+    def _feedback_through_template(self, episode: Episode, sample: Sample, feedback: str) -> list[int]:
+        """The tokens between the model's turn and its next one, as the chat template writes them: the
+        end of the assistant message (when the model did not write it), the user message holding the
+        feedback, and the next generation prompt. They are the template's rendering of the whole
+        conversation past what the model has read and written, so the context stays exactly the
+        template's own rendering of the messages."""
+        written = episode.context + self.tokenizer.decode(sample.completion_ids, skip_special_tokens=False)
+        messages = [*episode.history, {"role": "user", "content": feedback}]
+        full = render_prompt(self.tokenizer, messages)
+        if not full.startswith(written):
+            raise ValueError(
+                "the chat template renders the conversation so far differently once a turn is added (it "
+                "rewrites earlier turns, e.g. drops their reasoning), so an episode cannot grow by appending "
+                f"tokens; the context ended {written[-60:]!r}, the template gives {full[len(written) - 60:][:120]!r}")
+        episode.context = full
+        return self._encode(full[len(written):], special=False)
 
     def _step(self, episode: Episode, text: str) -> StepResult:
         """The environment's answer; one that raises or returns no finite reward ends the episode

@@ -172,7 +172,8 @@ class RolloutWorker:
         groups = []
         for (index, row), rollouts in zip(items, episodes):
             prompt = self.episodes.prompt(row)
-            groups.append(RolloutGroup(prompt_index=index, prompt=prompt, prompt_ids=self._encode(prompt), row=row,
+            groups.append(RolloutGroup(prompt_index=index, prompt=self._prompt_text(prompt),
+                                       prompt_ids=self._encode_prompt(prompt), row=row,
                                        rollouts=rollouts, policy_version=self.policy_version))
         groups[0].failures.extend(self.episodes.failures)  # environment errors of this batch
         self.episodes.failures.clear()
@@ -270,7 +271,8 @@ def _episode_runner(config: RLConfig, engine: Engine, tokenizer) -> EpisodeRunne
     model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.name_or_path),
                                               trust_remote_code=config.model.trust_remote_code)
     max_positions = getattr(model_config, "max_position_embeddings", None) or 1 << 30
-    return EpisodeRunner(engine, tokenizer, env, max_turns=env.max_turns, max_positions=max_positions)
+    return EpisodeRunner(engine, tokenizer, env, max_turns=env.max_turns, max_positions=max_positions,
+                         system_prompt=config.data.system_prompt)
 
 
 def unbiased_pass_at_k(n: int, c: int, k: int) -> float:

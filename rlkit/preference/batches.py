@@ -18,14 +18,15 @@ CHOSEN, REJECTED = 0, 1
 
 
 def encode_pairs(pairs: list[PreferencePair], tokenizer) -> list[RolloutGroup]:
-    """Token ids of each pair: the prompt as the rollout workers encode it (special tokens added),
+    """Token ids of each pair: the prompt as the rollout workers encode it (special tokens added to
+    plain text; a rendered conversation holds the template's own),
     each response without them and closed by the end token, as a completion the model ended."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no end-of-sequence token to close the responses with")
     groups = []
     for index, pair in enumerate(pairs):
-        prompt_ids = tokenizer(pair.prompt)["input_ids"]
+        prompt_ids = tokenizer(pair.prompt, add_special_tokens=not pair.conversational)["input_ids"]
         rows = [_response(tokenizer(text, add_special_tokens=False)["input_ids"] + [eos], text)
                 for text in (pair.chosen, pair.rejected)]
         groups.append(RolloutGroup(prompt_index=index, prompt=pair.prompt, prompt_ids=prompt_ids,

@@ -29,10 +29,11 @@ class PreferencePair:
     chosen: str
     rejected: str
     row: int  # 1-based number of the row in its source
+    conversational: bool = False  # the prompt was rendered by the chat template (which wrote its special tokens)
 
 
 def load_pairs(rows: Iterable[Any], origin: str, tokenizer=None, max_length: int | None = None, *,
-               skip_bad: bool = False) -> list[PreferencePair]:
+               skip_bad: bool = False, system_prompt: str | None = None) -> list[PreferencePair]:
     """The rows as :class:`PreferencePair` s, or a ConfigError naming every bad row.
 
     With ``tokenizer`` and ``max_length``, a pair whose prompt plus longer response has more than
@@ -42,7 +43,7 @@ def load_pairs(rows: Iterable[Any], origin: str, tokenizer=None, max_length: int
     rows = list(rows)
     pairs, problems = [], []
     for number, row in enumerate(rows, start=1):
-        pair, problem = _pair(row, number, tokenizer)
+        pair, problem = _pair(row, number, tokenizer, system_prompt)
         if problem is None and max_length is not None and tokenizer is not None:
             problem = _too_long(pair, tokenizer, max_length)
         if problem is None:
@@ -61,7 +62,7 @@ def load_pairs(rows: Iterable[Any], origin: str, tokenizer=None, max_length: int
     return pairs
 
 
-def _pair(row: Any, number: int, tokenizer) -> tuple[PreferencePair | None, str | None]:
+def _pair(row: Any, number: int, tokenizer, system_prompt: str | None = None) -> tuple[PreferencePair | None, str | None]:
     if not isinstance(row, dict):
         return None, f"expected a mapping with columns {', '.join(COLUMNS)}, got {type(row).__name__}"
     missing = [c for c in COLUMNS if c not in row]
@@ -71,8 +72,13 @@ def _pair(row: Any, number: int, tokenizer) -> tuple[PreferencePair | None, str 
     if conversational:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             return None, "a conversational prompt needs a tokenizer with a chat template to render it"
+        from rlkit.chat import messages_problem, render_prompt
+
+        problem = messages_problem(row["prompt"])
+        if problem is not None:
+            return None, f"'prompt': {problem}"
         try:
-            prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+            prompt = render_prompt(tokenizer, row["prompt"], system_prompt)
         except Exception as exc:  # noqa: BLE001 (a template raises what it likes on bad messages)
             return None, f"the chat template cannot render the prompt ({type(exc).__name__}: {exc})"
     else:
@@ -85,7 +91,7 @@ def _pair(row: Any, number: int, tokenizer) -> tuple[PreferencePair | None, str 
             return None, f"{column!r} is empty"
     if texts["chosen"] == texts["rejected"]:
         return None, "'chosen' and 'rejected' are identical"
-    return PreferencePair(texts["prompt"], texts["chosen"], texts["rejected"], number), None
+    return PreferencePair(texts["prompt"], texts["chosen"], texts["rejected"], number, conversational), None
 
 
 def _response(value: Any) -> Any:
@@ -98,7 +104,7 @@ def _response(value: Any) -> Any:
 
 
 def _too_long(pair: PreferencePair, tokenizer, max_length: int) -> str | None:
-    prompt = len(tokenizer(pair.prompt)["input_ids"])
+    prompt = len(tokenizer(pair.prompt, add_special_tokens=not pair.conversational)["input_ids"])
     longest = max(len(tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]),
                   len(tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]))
     if prompt + longest + 1 > max_length:  # + the end token

@@ -109,7 +109,8 @@ class PreferenceTrainer:
                     raise ConfigError(str(exc)) from None
                 return []  # no held-out pairs: the run reports no held-out accuracy
             origin = f"environment {self.config.env.name}, {split} pairs"
-        return load_pairs(rows, origin, tokenizer, self.max_length, skip_bad=self.config.data.on_bad_row == "skip")
+        return load_pairs(rows, origin, tokenizer, self.max_length, skip_bad=self.config.data.on_bad_row == "skip",
+                          system_prompt=self.config.data.system_prompt)
 
     # --- the run ---------------------------------------------------------------------------------
 

@@ -93,6 +93,14 @@ class RunDirectory:
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints_dir / f"step-{step:06d}"
 
+    stopped_path = property(lambda self: self.path / "stopped.json")
+
+    def mark_stopped(self, step: int, reason: str) -> None:
+        """Say in the run folder that the run was stopped at ``step`` (a checkpoint of it exists)."""
+        atomic_write_json(self.stopped_path, {"step": step, "reason": reason,
+                                              "checkpoint": str(self.checkpoint_dir(step)),
+                                              "resume": f"rlkit train --resume {self.path}"})
+
     def mark_checkpoint_complete(self, step: int) -> None:
         atomic_write_text(self.checkpoint_dir(step) / COMPLETE, f"{step}\n")
 

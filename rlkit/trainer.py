@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 
 from rlkit import metric_names as m
 from rlkit.config import ConfigError, RLConfig, apply_mapping
+from rlkit.driver.stopping import StopRequest
 from rlkit.objectives import objective_from_config
 from rlkit.prompts import PromptSource, check_prompt_rendering, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
@@ -160,11 +162,12 @@ class RLTrainer:
         config = self.config
         started = time.perf_counter()
         wall_before = state.get("wall_seconds", 0.0)
-        with MetricsLogger(run, tensorboard=config.logging.tensorboard) as logger, \
+        with MetricsLogger(run, tensorboard=config.logging.tensorboard) as logger, StopRequest() as stop, \
                 TrainingProgress(config.max_steps, start_step=state["step"], enabled=config.logging.progress) as bar:
             if state["step"]:
                 logger.truncate_after(state["step"])
                 run.truncate_failures_after(state["step"])
+            run.stopped_path.unlink(missing_ok=True)  # a resumed run is no longer stopped
             for step in range(state["step"], config.max_steps):
                 t0 = time.perf_counter()
                 out = pipeline.run_step(step)
@@ -178,8 +181,16 @@ class RLTrainer:
                 logger.log(step + 1, metrics)
                 bar.update(step + 1, metrics)
                 state.update(step=step + 1, wall_seconds=wall_before + time.perf_counter() - started)
-                if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+                saved = config.save_steps and (step + 1) % config.save_steps == 0
+                if saved and step + 1 < config.max_steps:
                     self._checkpoint(run, actors, pipeline, state)
+                if stop.requested and step + 1 < config.max_steps:
+                    if not saved:
+                        self._checkpoint(run, actors, pipeline, state)
+                    run.mark_stopped(step + 1, f"{stop.signal_name} received")
+                    break
+        if state["step"] < config.max_steps:  # stopped by request: checkpointed, resumable
+            return _stopped_summary(run, state)
         after = self._evaluate(actors)
         run.append_failures(state["step"], actors.fleet.take_retries())
         ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners]
@@ -227,6 +238,13 @@ class RLTrainer:
             driver = pickle.load(f)
         pipeline.load_state_dict(driver["pipeline"])
         return driver["trainer"]
+
+
+def _stopped_summary(run: RunDirectory, state: dict[str, Any]) -> dict[str, Any]:
+    print(f"stopped after step {state['step']}; checkpoint {run.checkpoint_dir(state['step'])}; continue with: "
+          f"rlkit train --resume {run.path}", file=sys.stderr, flush=True)
+    return {"run_dir": str(run.path), "steps": state["step"], "stopped": True,
+            "checkpoint": str(run.checkpoint_dir(state["step"]))}
 
 
 def step_metrics(out, step: int, seconds: float) -> dict[str, float]:

@@ -27,6 +27,7 @@ from typing import Any
 from rlkit import metric_names as m
 from rlkit.config import ConfigError, RLConfig, apply_mapping
 from rlkit.driver.micro_batches import MicroBatchLimits, pack
+from rlkit.driver.stopping import StopRequest
 from rlkit.preference.batches import encode_pairs
 from rlkit.preference.data import PreferencePair, load_pairs
 from rlkit.prompts import PromptSource, read_rows
@@ -166,10 +167,11 @@ class PreferenceTrainer:
         config = self.config
         started = time.perf_counter()
         wall_before = state.get("wall_seconds", 0.0)
-        with MetricsLogger(run, tensorboard=config.logging.tensorboard) as logger, \
+        with MetricsLogger(run, tensorboard=config.logging.tensorboard) as logger, StopRequest() as stop, \
                 TrainingProgress(config.max_steps, start_step=state["step"], enabled=config.logging.progress) as bar:
             if state["step"]:
                 logger.truncate_after(state["step"])
+            run.stopped_path.unlink(missing_ok=True)  # a resumed run is no longer stopped
             for step in range(state["step"], config.max_steps):
                 t0 = time.perf_counter()
                 metrics = self._train_step(actors.learners, source, state, step)
@@ -185,8 +187,18 @@ class PreferenceTrainer:
                 logger.log(step + 1, metrics, histograms=histograms)
                 bar.update(step + 1, metrics)
                 state.update(step=step + 1, wall_seconds=wall_before + time.perf_counter() - started)
-                if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+                saved = config.save_steps and (step + 1) % config.save_steps == 0
+                if saved and step + 1 < config.max_steps:
                     self._checkpoint(run, actors, source, state)
+                if stop.requested and step + 1 < config.max_steps:
+                    if not saved:
+                        self._checkpoint(run, actors, source, state)
+                    run.mark_stopped(step + 1, f"{stop.signal_name} received")
+                    break
+        if state["step"] < config.max_steps:  # stopped by request: checkpointed, resumable
+            from rlkit.trainer import _stopped_summary
+
+            return _stopped_summary(run, state)
         after = self._evaluate(actors, state, state["step"])
         ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners])
         self._write_labels(run, state)

@@ -58,26 +58,6 @@ def test_dpo_starts_at_the_reference_and_ranks_held_out_pairs(tmp_path):
     assert not (tmp_path / "run" / "pair_labels.jsonl").exists()
 
 
-def test_a_resumed_run_ends_with_the_same_labels_and_metrics(tmp_path):
-    config = config_for(tmp_path, max_steps="6", save_steps="3", **{"preference.epochs": "0",
-                                                                     "preference.pairs_per_step": "64"})
-    summary = PreferenceTrainer(args=config).train()
-    run = Path(summary["run_dir"])
-    straight = read_metrics(run / "metrics.jsonl")
-    labels = (run / "pair_labels.jsonl").read_text()
-    # resume the finished run from its step-3 checkpoint: steps 4-6 and the labels must come out the same
-    PreferenceTrainer.from_run(run, {"logging.progress": "false"}).train(resume=True)
-    again = read_metrics(run / "metrics.jsonl")
-    assert [m["step"] for m in again] == [1, 2, 3, 4, 5, 6]
-    for before, after in zip(straight[3:], again[3:]):
-        for key in ("loss", "accuracy", "margin", "label_mean", "label_min", "grad_norm"):
-            assert after[key] == pytest.approx(before[key], abs=1e-6), (key, before["step"])
-        assert after["label_histogram"] == before["label_histogram"]
-    assert (run / "pair_labels.jsonl").read_text() == labels
-    # the histogram counts the pairs used so far: 64 a step, 300 pairs, so all of them by step 5
-    assert [sum(m["label_histogram"]) for m in again] == [64, 128, 192, 256, 300, 300]
-
-
 def test_two_zero2_ranks_train_as_one(tmp_path):
     common = {"max_steps": "3", "preference.epochs": "0", "learner.micro_batch_tokens": "256"}
     one = PreferenceTrainer(args=config_for(tmp_path / "one", **common)).train()
@@ -162,7 +142,7 @@ def test_arith_pairs_flip_the_asked_share_and_keep_held_out_pairs_clean():
     assert clean[0] == {"prompt": "18+76=", "chosen": "94", "rejected": "93", "answer": "94", "flipped": False}
 
 
-def test_rlkit_train_runs_a_preference_recipe_and_resumes_it(tmp_path):
+def test_rlkit_train_runs_a_preference_recipe(tmp_path):
     out = tmp_path / "cli-run"
     args = ["train", "--recipe", "power-dl-arith", "--max_steps", "2", "--preference.epochs", "0",
             "--save_steps", "1", "--output_dir", str(out), "--logging.progress", "false",
@@ -174,9 +154,6 @@ def test_rlkit_train_runs_a_preference_recipe_and_resumes_it(tmp_path):
     assert (out / "reward_curve.png").is_file()  # training accuracy and held-out accuracy
     events = b"".join(p.read_bytes() for p in (out / "tb").glob("events.out.tfevents.*"))
     assert b"labels" in events and b"label_mean" in events  # the labels' histogram, beside the scalars
-    result = CliRunner().invoke(app, ["train", "--resume", str(out), "--max_steps", "3", "--preference.epochs", "5"])
-    assert result.exit_code == 0, result.output
-    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_labels_and_metrics(tmp_path):
@@ -206,14 +183,19 @@ def test_a_run_killed_mid_way_resumes_to_the_uninterrupted_labels_and_metrics(tm
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "summary.json").exists()  # it really was stopped mid-run
-    result = CliRunner().invoke(app, ["train", "--resume", str(killed), "--logging.progress", "false"])
+    # a --max_steps given on resume wins over preference.epochs (which would set it otherwise)
+    result = CliRunner().invoke(app, ["train", "--resume", str(killed), "--logging.progress", "false",
+                                      "--max_steps", "16", "--preference.epochs", "5"])
     assert result.exit_code == 0, result.output
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(killed / "metrics.jsonl")
     assert [m["step"] for m in b] == list(range(1, 17))
     for x, y in zip(a, b):
-        for key in ("loss", "accuracy", "label_mean", "label_min"):
+        for key in ("loss", "accuracy", "margin", "label_mean", "label_min", "grad_norm"):
             assert y[key] == pytest.approx(x[key], abs=1e-6), (key, x["step"])
+        assert y["label_histogram"] == x["label_histogram"]
     assert (killed / "pair_labels.jsonl").read_text() == (straight / "pair_labels.jsonl").read_text()
+    # the histogram counts the pairs used so far: 32 a step of 200 pairs, all of them from step 7
+    assert [sum(m["label_histogram"]) for m in a][:8] == [32, 64, 96, 128, 160, 192, 200, 200]
 
 
 def test_a_datasets_dataset_of_conversational_pairs_trains(tmp_path):

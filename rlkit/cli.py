@@ -1,4 +1,4 @@
-"""The ``rlkit`` command: train, eval, list, plot."""
+"""The ``rlkit`` command: train, eval, list, plot; submit, status, logs and stop for Ray jobs."""
 
 from __future__ import annotations
 
@@ -76,6 +76,82 @@ def train(
         if resume is None:
             raise
         _fail(str(exc))  # --resume of a folder that is not a run
+
+
+ADDRESS_HELP = "Ray Jobs API address: the dashboard of the cluster's head node, e.g. http://HEAD:8265."
+
+
+@app.command(context_settings=EXTRA_ARGS, options_metavar=USAGE,
+             help=f"Submit training to a Ray cluster as a job (Ray's Job Submission API). CONFIG.yaml is optional. "
+                  f"{OVERRIDES_HELP}")
+def submit(
+    ctx: typer.Context,
+    address: str = typer.Option(..., "--address", help=ADDRESS_HELP),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Start from a shipped recipe."),
+    pip: list[str] = typer.Option([], "--pip", help="A package to install into the job's environment "
+                                  "(repeatable); default: the cluster's environment already has rlkit."),
+    python: str = typer.Option("python", "--python", help="The Python the job's driver runs with on the head node."),
+    stop_timeout: float = typer.Option(300.0, "--stop-timeout", help="Seconds `rlkit stop` gives the run to "
+                                       "finish its step and checkpoint before Ray kills it."),
+) -> None:
+    from rlkit import jobs
+    from rlkit.config import parse_override_args
+    from rlkit.validation import load_config
+
+    try:
+        config, rest = _split_config(list(ctx.args))
+        job_id, run_dir = jobs.submit(load_config(config, parse_override_args(rest), recipe), address, python=python,
+                                      pip=pip, stop_timeout_s=stop_timeout)
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"submitted {job_id}; run folder {run_dir}")
+    console.print(f"  rlkit status {job_id} --address {address}\n  rlkit logs {job_id} --address {address} "
+                  f"--follow\n  rlkit stop {job_id} --address {address}")
+
+
+@app.command(help="The state of a submitted job.")
+def status(job: str = typer.Argument(..., help="The job id `rlkit submit` printed."),
+           address: str = typer.Option(..., "--address", help=ADDRESS_HELP)) -> None:
+    from rlkit import jobs
+
+    try:
+        state = jobs.status(address, job)
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"{state['job']}: {state['status']}" + (f" ({state['message']})" if state["message"] else ""))
+    if state["run_dir"]:
+        console.print(f"run folder {state['run_dir']}")
+
+
+@app.command(help="A submitted job's output (its driver's stdout and stderr).")
+def logs(job: str = typer.Argument(..., help="The job id `rlkit submit` printed."),
+         address: str = typer.Option(..., "--address", help=ADDRESS_HELP),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends.")) -> None:
+    from rlkit import jobs
+
+    try:
+        jobs.logs(address, job, follow, sys.stdout)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.command(help="Stop a submitted job cleanly: it finishes its step, writes a checkpoint and stopped.json; "
+                  "`rlkit train --resume RUN` continues it.")
+def stop(job: str = typer.Argument(..., help="The job id `rlkit submit` printed."),
+         address: str = typer.Option(..., "--address", help=ADDRESS_HELP)) -> None:
+    from rlkit import jobs
+
+    try:
+        state = jobs.stop(address, job)
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"{state['job']}: {state['status']}")
+    stopped = Path(state["run_dir"]) / "stopped.json" if state["run_dir"] else None
+    if stopped is not None and stopped.is_file():
+        import json
+
+        console.print(f"checkpoint at step {json.loads(stopped.read_text())['step']}; continue with: "
+                      f"rlkit train --resume {state['run_dir']}")
 
 
 def _trainer_class(trainer: str):

@@ -30,12 +30,15 @@ class Actors:
     collaborator_workers: dict[str, list] = field(default_factory=dict)
     collaborator_fleets: dict[str, RolloutFleet] = field(default_factory=dict, repr=False)
     collaborator_learners: dict[str, list] = field(default_factory=dict)  # swarm peers (learn: true)
+    placement: object = None  # rlkit.placement.Placement: the run's placement group, if any
 
     def shutdown(self) -> None:
         peers = [a for group in (*self.collaborator_workers.values(), *self.collaborator_learners.values())
                  for a in group]
         for actor in self.learners + self.workers + peers:
             ray.kill(actor)
+        if self.placement is not None:
+            self.placement.remove()
         if self.started_ray:
             ray.shutdown()
 
@@ -87,11 +90,13 @@ def start_ray(config: RLConfig) -> bool:
     os.environ.setdefault("RAY_worker_niceness", "0")
     from rlkit.rollout.collaborators import parse_collaborators
 
-    actors = config.learner.num_learners + config.rollout.num_workers + sum(
-        c.num_workers + c.learn for c in parse_collaborators(config))
-    # Actors each take one CPU; on a small machine tell Ray there are enough so they all start
-    # (they then share the cores, which is what we want for a laptop-sized run).
-    cpus = config.cluster.num_cpus or max(os.cpu_count() or 1, actors)
+    peers = parse_collaborators(config)
+    learners = config.learner.num_learners + sum(c.learn for c in peers)
+    workers = config.rollout.num_workers + sum(c.num_workers for c in peers)
+    needed = math.ceil(learners * config.cluster.learner_cpus + workers * config.cluster.worker_cpus)
+    # Actors reserve cluster.learner_cpus / worker_cpus each; on a small machine tell Ray there are
+    # enough so they all start (they then share the cores, which is what we want for a laptop-sized run).
+    cpus = config.cluster.num_cpus or max(os.cpu_count() or 1, needed)
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", runtime_env=env,
              configure_logging=True, log_to_driver=True)
     return True
@@ -144,19 +149,33 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
     from rlkit.learner.learner import Learner
     from rlkit.rollout.worker import RolloutWorker
 
+    from rlkit.placement import Demand, Placement, check_placeable
+    from rlkit.rollout.collaborators import parse_collaborators
+
     started = start_ray(config)
     world = config.learner.num_learners
+    peers = parse_collaborators(config)
     learner_gpu, worker_gpu = 0.0, 0.0
     try:
         if _use_gpu(config):
             # collaborators' rollout workers (F-TIS) take a worker's share each
-            from rlkit.rollout.collaborators import parse_collaborators
-
-            peers = parse_collaborators(config)
             workers = config.rollout.num_workers + sum(c.num_workers for c in peers)
             learner_gpu, worker_gpu = gpu_shares(ray.cluster_resources().get("GPU", 0.0),
                                                  world + sum(c.learn for c in peers), workers)
+        if config.cluster.learner_gpus is not None:
+            learner_gpu = config.cluster.learner_gpus
+        if config.cluster.worker_gpus is not None:
+            worker_gpu = config.cluster.worker_gpus
         sync = weight_sync_mode(config, learner_gpu, worker_gpu)
+        learner_cpus, worker_cpus = config.cluster.learner_cpus, config.cluster.worker_cpus
+        demands = [Demand("learner", world, learner_cpus, learner_gpu),
+                   Demand("rollout worker", config.rollout.num_workers, worker_cpus, worker_gpu)]
+        for c in peers:
+            demands += [Demand(f"collaborator {c.name} worker", c.num_workers, worker_cpus, worker_gpu),
+                        Demand(f"collaborator {c.name} learner", int(c.learn), learner_cpus, learner_gpu)]
+        if config.cluster.address:
+            check_placeable(demands)
+        placement = Placement(config.cluster.placement, demands, config.cluster.start_timeout_s)
     except ConfigError:
         if started:
             ray.shutdown()
@@ -164,37 +183,40 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
     # learners hold optimizer state that a restart would lose: a dead learner ends the run (resume
     # from its checkpoint). Rollout workers hold nothing that cannot be reloaded: Ray restarts them
     # as often as needed, and the fleet stops a run whose calls keep killing them.
-    learner_cls = ray.remote(num_cpus=1, num_gpus=learner_gpu, max_restarts=0)(learner_class or Learner)
-    from rlkit.rollout.collaborators import parse_collaborators
-
-    swarm = sum(c.learn for c in parse_collaborators(config))
+    learner_cls = ray.remote(num_cpus=learner_cpus, num_gpus=learner_gpu, max_restarts=0)(learner_class or Learner)
+    swarm = sum(c.learn for c in peers)
     # -1: each rank takes its share of its machine's cores; F-TIS swarm peers' learners train at the
     # same time as the run's, so on one machine they share the cores too
     learner_threads = config.cluster.learner_threads or (
         max(1, (os.cpu_count() or 1) // (world + swarm)) if swarm and not config.cluster.address else -1)
-    learners = [learner_cls.remote(config, rank=r, world_size=world, threads=learner_threads)
-                for r in range(world)]
-    worker_cls = ray.remote(num_cpus=1, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)
+    learners = [learner_cls.options(**placement.options("learner", r)).remote(
+                    config, rank=r, world_size=world, threads=learner_threads) for r in range(world)]
+    worker_cls = ray.remote(num_cpus=worker_cpus, num_gpus=worker_gpu, max_restarts=-1)(RolloutWorker)
     threads = config.cluster.worker_threads
-    def spawn_worker(_index=None):
-        return worker_cls.remote(config, reward_funcs, threads=threads, eval_reward_funcs=eval_reward_funcs)
 
-    workers = [spawn_worker() for _ in range(config.rollout.num_workers)]
+    def spawn_worker(index=0):  # a replacement takes the bundle of the worker it replaces
+        return worker_cls.options(**placement.options("rollout worker", index)).remote(
+            config, reward_funcs, threads=threads, eval_reward_funcs=eval_reward_funcs)
+
+    workers = [spawn_worker(i) for i in range(config.rollout.num_workers)]
     actors = Actors(learners=learners, workers=workers, started_ray=started, weight_sync=sync,
-                    spawn_worker=spawn_worker)
+                    spawn_worker=spawn_worker, placement=placement)
     collaborator_spawns = {}
-    for collaborator in parse_collaborators(config):
+    for collaborator in peers:
         own = collaborator.worker_config(config)
+        role = f"collaborator {collaborator.name} worker"
 
-        def spawn_collaborator(_index=None, own=own, source=collaborator.source):
-            return worker_cls.remote(own, reward_funcs, threads=threads, source=source)
+        def spawn_collaborator(index=0, own=own, source=collaborator.source, role=role):
+            return worker_cls.options(**placement.options(role, index)).remote(own, reward_funcs, threads=threads,
+                                                                               source=source)
 
         collaborator_spawns[collaborator.name] = spawn_collaborator
-        actors.collaborator_workers[collaborator.name] = [spawn_collaborator()
-                                                          for _ in range(collaborator.num_workers)]
+        actors.collaborator_workers[collaborator.name] = [spawn_collaborator(i)
+                                                          for i in range(collaborator.num_workers)]
         if collaborator.learn:  # a swarm peer: one learner rank of its own
             actors.collaborator_learners[collaborator.name] = [
-                learner_cls.remote(own, rank=0, world_size=1, threads=learner_threads)]
+                learner_cls.options(**placement.options(f"collaborator {collaborator.name} learner", 0)).remote(
+                    own, rank=0, world_size=1, threads=learner_threads)]
     try:
         timeout = config.cluster.start_timeout_s
         # ranks meet on the machine Ray gave rank 0, which on a cluster need not be the driver's

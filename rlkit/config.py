@@ -230,6 +230,15 @@ class ClusterConfig:
         "Ray cluster address (e.g. ray://head:10001 or auto); none starts Ray in-process", default=None)
     num_cpus: int | None = _help("CPUs for the in-process Ray cluster (default: all)", default=None)
     use_gpu: str = _help("auto, true or false: place learners and rollout workers on GPUs", default="auto")
+    placement: str = _help(
+        "where actors go: default (Ray's scheduler), pack (one placement group on as few nodes as fit: learner "
+        "rank 0 beside the rollout workers) or spread (over as many nodes as there are)", default="default")
+    learner_cpus: float = _help("CPUs each learner rank reserves", default=1.0)
+    worker_cpus: float = _help("CPUs each rollout worker reserves", default=1.0)
+    learner_gpus: float | None = _help(
+        "GPUs each learner rank reserves; none = as use_gpu splits the cluster's GPUs", default=None)
+    worker_gpus: float | None = _help(
+        "GPUs each rollout worker reserves; none = as use_gpu splits the cluster's GPUs", default=None)
     learner_threads: int = _help(
         "torch threads of each learner actor; 0 = the machine's cores shared among the learners (the "
         "learner is the busier side of a CPU run, and generation and training mostly take turns)", default=0)

@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple] = {
     "data.on_long_prompt": ("error", "truncate"),
     "cluster.use_gpu": ("auto", "true", "false"),
     "cluster.weight_sync": ("auto", "object_store", "broadcast"),
+    "cluster.placement": ("default", "pack", "spread"),
     "rollout.sampler": ("flat", "entropy_tree"),
     "rollout.fork_entropy": ("shannon", "surprisal"),
 }
@@ -44,7 +45,7 @@ MINIMUMS: dict[str, float] = {
     "learner.max_grad_norm": 0.0, "learner.weight_decay": 0.0, "model.lora_r": 0, "data.eval_limit": 0,
     "rewards.timeout_s": 0.0, "rewards.num_workers": 0, "cluster.max_call_retries": 0, "cluster.learner_threads": 0, "cluster.worker_threads": 1,
 }
-POSITIVE = ("cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s",
+POSITIVE = ("cluster.learner_cpus", "cluster.worker_cpus", "cluster.start_timeout_s", "cluster.op_lock_timeout_s", "cluster.actor_restart_timeout_s",
             "cluster.weight_sync_timeout_s")
 
 

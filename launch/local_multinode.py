@@ -1,0 +1,157 @@
+"""A Ray cluster of a head and N worker nodes on this machine (loopback), for trying the cluster path.
+
+    python launch/local_multinode.py start --workers 2 --state /tmp/rlkit-cluster   # prints the addresses
+    rlkit submit --address http://127.0.0.1:8266 --recipe grpo-arith --max_steps 20
+    python launch/local_multinode.py stop --state /tmp/rlkit-cluster
+
+Each node is its own ``ray start --block`` process: the head (no CPUs for actors: it runs the job's
+driver), and worker nodes with ``--cpus`` CPUs each and a custom resource ``worker_node_I`` so a
+test can pin or find actors per node. Every node gets its own port ranges (several raylets on one
+machine must not pick the same worker ports). ``stop`` ends exactly the processes this script
+started, by the process-group ids it recorded in the state file (``ray stop`` would end every Ray
+process on the machine, other users' included); ``stop --node I`` stops one worker node, as a
+lost machine would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKER_PORTS = 400  # worker ports per node
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _env() -> dict[str, str]:
+    # a one-machine cluster: keep every Ray server on loopback (Ray's switch for single-machine clusters)
+    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_worker_niceness": "0"}
+
+
+def _spawn(args: list[str], log: Path) -> int:
+    out = open(log, "ab")
+    process = subprocess.Popen([_ray(), "start", "--block", "--disable-usage-stats", *args], stdout=out,
+                               stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    return process.pid
+
+
+def start(state_dir: Path, workers: int, cpus: int, head_cpus: int = 0, timeout_s: float = 180) -> dict:
+    """Start the nodes, wait until all of them joined, record them in ``state_dir/cluster.json``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix="rlkit-ray-", dir="/tmp"))  # short: socket paths have a length limit
+    gcs, dashboard = free_port(), free_port()
+    base = 20000 + (os.getpid() % 200) * 100
+    head = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(head_cpus),
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+            "--temp-dir", str(temp), "--min-worker-port", str(base), "--max-worker-port", str(base + WORKER_PORTS - 1)]
+    nodes = [{"name": "head", "pid": _spawn(head, state_dir / "head.log")}]
+    state = {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": str(temp),
+             "nodes": nodes}
+    _write(state_dir, state)
+    _wait_for_nodes(state, 1, timeout_s)
+    for i in range(workers):
+        low = base + (i + 1) * WORKER_PORTS
+        args = ["--address", state["address"], "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
+                "--resources", json.dumps({f"worker_node_{i}": 1}), "--min-worker-port", str(low),
+                "--max-worker-port", str(low + WORKER_PORTS - 1)]
+        nodes.append({"name": f"worker_node_{i}", "pid": _spawn(args, state_dir / f"worker_node_{i}.log")})
+        _write(state_dir, state)
+    _wait_for_nodes(state, 1 + workers, timeout_s)
+    _wait_for_dashboard(state["dashboard"], timeout_s)
+    return state
+
+
+def stop(state_dir: Path, node: str | None = None) -> None:
+    """End the recorded nodes (or one of them), by their process groups: TERM, then KILL."""
+    state = json.loads((state_dir / "cluster.json").read_text())
+    targets = [n for n in state["nodes"] if node is None or n["name"] == node]
+    if node is not None and not targets:
+        raise SystemExit(f"no node {node!r} (nodes: {', '.join(n['name'] for n in state['nodes'])})")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for n in targets:
+            try:
+                os.killpg(n["pid"], sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive_group(n["pid"]) for n in targets):
+            time.sleep(0.2)
+    if node is None:
+        subprocess.run(["rm", "-rf", state["temp_dir"]], check=False)
+
+
+def _alive_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _write(state_dir: Path, state: dict) -> None:
+    (state_dir / "cluster.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _wait_for_nodes(state: dict, count: int, timeout_s: float) -> None:
+    """Until the cluster lists ``count`` live nodes (asked by a short-lived process, not this one)."""
+    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print(sum(n['Alive'] for n in ray.nodes()))")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", probe, state["address"]], capture_output=True, text=True,
+                             env=_env(), timeout=timeout_s)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"the cluster at {state['address']} did not reach {count} live nodes in {timeout_s:g} s")
+
+
+def _wait_for_dashboard(url: str, timeout_s: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"the dashboard (Jobs API) at {url} did not answer in {timeout_s:g} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("start")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--cpus", type=int, default=2, help="CPUs of each worker node")
+    up.add_argument("--state", type=Path, required=True, help="folder for the state file and node logs")
+    down = sub.add_parser("stop")
+    down.add_argument("--state", type=Path, required=True)
+    down.add_argument("--node", default=None, help="stop one node (e.g. worker_node_1), as a lost machine")
+    args = parser.parse_args()
+    if args.command == "start":
+        state = start(args.state, args.workers, args.cpus)
+        print(json.dumps({k: state[k] for k in ("address", "dashboard")}))
+    else:
+        stop(args.state, args.node)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The cluster path a user takes: a local multi-node Ray cluster (a head and two worker nodes, each its
+own `ray start` on loopback), a run submitted through Ray's Jobs API, its logs followed, the run
+folder checked, and the cluster stopped by its own process ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlkit import jobs
+from rlkit.validation import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def launcher():
+    spec = importlib.util.spec_from_file_location("local_multinode", ROOT / "launch" / "local_multinode.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():  # an earlier test's in-process cluster must not be what the jobs join
+        ray.shutdown()
+    state_dir = tmp_path_factory.mktemp("cluster")
+    local = launcher()
+    state = local.start(state_dir, workers=2, cpus=2)
+    yield state
+    local.stop(state_dir)
+    host, port = state["address"].split(":")
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
+        pass  # nothing is left where the head node was
+
+
+def test_a_run_submitted_through_the_jobs_api_runs_on_the_worker_nodes(cluster, tmp_path, monkeypatch):
+    plugin = tmp_path / "plugins" / "my_rewards.py"
+    plugin.parent.mkdir()
+    plugin.write_text("def right(prompts, completions, answer, **kwargs):\n"
+                      "    return [float(c.strip() == a) for c, a in zip(completions, answer)]\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {"max_steps": "2", "save_steps": "0", "data.eval_limit": "20",
+                                "rollout.prompts_per_step": "8", "output_dir": "runs/job",
+                                "rewards.funcs": f"[{plugin}:right]", "logging.tensorboard": "false"})
+    job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
+    assert run_dir == str(tmp_path / "runs" / "job")  # made absolute: the driver runs elsewhere
+    out = io.StringIO()
+    jobs.logs(cluster["dashboard"], job, follow=True, out=out)  # returns when the job ends
+    state = jobs.status(cluster["dashboard"], job)
+    assert state["status"] == "SUCCEEDED", out.getvalue()[-3000:]
+    assert state["run_dir"] == run_dir
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert summary["steps"] == 2 and (Path(run_dir) / "final" / "model.safetensors").is_file()
+    assert "run summary" in out.getvalue()
+    sent = json.loads(json.dumps(__import__("yaml").safe_load((Path(run_dir) / "config.yaml").read_text())))
+    assert sent["cluster"]["address"] == "auto" and sent["rewards"]["funcs"] == ["my_rewards.py:right"]
+
+
+def test_an_unknown_job_and_an_unreachable_cluster_are_named(cluster):
+    from rlkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no job 'rlkit-nope'"):
+        jobs.status(cluster["dashboard"], "rlkit-nope")
+    with pytest.raises(ConfigError, match="cannot reach the Ray Jobs API at http://127.0.0.1:9"):
+        jobs.client("http://127.0.0.1:9")
+
+
+def test_spread_puts_learner_ranks_and_rollout_workers_on_different_nodes(cluster, tmp_path):
+    """Two learner ranks and two rollout workers, cluster.placement spread: one of each per worker
+    node, as Ray's state API reports it while the job runs."""
+    import time
+
+    from ray.util.state import list_actors
+
+    config = load_config(None, {"max_steps": "6", "save_steps": "0", "data.eval_limit": "20",
+                                "rollout.prompts_per_step": "8", "rollout.num_workers": "2",
+                                "learner.num_learners": "2", "cluster.placement": "spread",
+                                "output_dir": str(tmp_path / "spread"), "logging.tensorboard": "false"})
+    job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
+    nodes: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        alive = list_actors(address=cluster["dashboard"], filters=[("state", "=", "ALIVE")], limit=1000)
+        nodes = {cls: sorted(a.node_id for a in alive if a.class_name == cls)
+                 for cls in ("Learner", "RolloutWorker")}
+        if len(nodes["Learner"]) == 2 and len(nodes["RolloutWorker"]) == 2:
+            break
+        assert jobs.status(cluster["dashboard"], job)["status"] in ("PENDING", "RUNNING")
+        time.sleep(0.5)
+    for cls, where in nodes.items():
+        assert len(where) == 2 and where[0] != where[1], (cls, where)  # one per worker node
+    out = io.StringIO()
+    jobs.logs(cluster["dashboard"], job, follow=True, out=out)
+    assert jobs.status(cluster["dashboard"], job)["status"] == "SUCCEEDED", out.getvalue()[-3000:]
+    assert json.loads((Path(run_dir) / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_run_the_cluster_cannot_hold_fails_at_once_naming_what_is_short(cluster, tmp_path):
+    config = load_config(None, {"max_steps": "2", "rollout.num_workers": "6", "output_dir": str(tmp_path / "big")})
+    job, _ = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
+    out = io.StringIO()
+    jobs.logs(cluster["dashboard"], job, follow=True, out=out)
+    assert jobs.status(cluster["dashboard"], job)["status"] == "FAILED"
+    assert "cannot be placed on the cluster: it needs 7 CPUs, the cluster has 4" in out.getvalue()
+
+
+def test_rlkit_stop_checkpoints_the_job_and_it_resumes(cluster, tmp_path):
+    import time
+
+    from typer.testing import CliRunner
+
+    from rlkit.cli import app
+    from rlkit.runs import read_metrics
+
+    config = load_config(None, {"max_steps": "400", "save_steps": "0", "data.eval_limit": "20",
+                                "rollout.prompts_per_step": "4", "output_dir": str(tmp_path / "stopped"),
+                                "logging.tensorboard": "false"})
+    job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
+    metrics = Path(run_dir) / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.exists() or len(read_metrics(metrics)) < 2:
+        assert time.monotonic() < deadline and jobs.status(cluster["dashboard"], job)["status"] in ("PENDING", "RUNNING")
+        time.sleep(0.5)
+    result = CliRunner().invoke(app, ["stop", job, "--address", cluster["dashboard"]])
+    assert result.exit_code == 0, result.output
+    stopped = json.loads((Path(run_dir) / "stopped.json").read_text())
+    assert f"checkpoint at step {stopped['step']}" in result.output
+    assert (Path(stopped["checkpoint"]) / "COMPLETE").is_file() and 2 <= stopped["step"] < 400
+    # continued where it stopped (here, in-process: the run folder is all it needs)
+    result = CliRunner().invoke(app, ["train", "--resume", run_dir, "--max_steps", str(stopped["step"] + 2),
+                                      "--cluster.address", "null", "--logging.progress", "false"])
+    assert result.exit_code == 0, result.output
+    assert [m["step"] for m in read_metrics(metrics)] == list(range(1, stopped["step"] + 3))

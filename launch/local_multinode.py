@@ -7,7 +7,9 @@
 Each node is its own ``ray start --block`` process: the head (no CPUs for actors: it runs the job's
 driver), and worker nodes with ``--cpus`` CPUs each and a custom resource ``worker_node_I`` so a
 test can pin or find actors per node. Every node gets its own port ranges (several raylets on one
-machine must not pick the same worker ports). ``stop`` ends exactly the processes this script
+machine must not pick the same worker ports). The cluster uses Ray's token authentication with a
+token made for it (``STATE/auth_token``): export ``RAY_AUTH_MODE=token RAY_AUTH_TOKEN=...`` before
+``rlkit submit``. ``stop`` ends exactly the processes this script
 started, by the process-group ids it recorded in the state file (``ray stop`` would end every Ray
 process on the machine, other users' included); ``stop --node I`` stops one worker node, as a
 lost machine would.
@@ -39,15 +41,21 @@ def _ray() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def _env() -> dict[str, str]:
-    # a one-machine cluster: keep every Ray server on loopback (Ray's switch for single-machine clusters)
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_worker_niceness": "0"}
+def _env(token: str | None = None) -> dict[str, str]:
+    # several nodes: Ray's single-machine switch (which rlkit sets for its in-process clusters) must be
+    # off here, or worker nodes refuse to join; every node is given 127.0.0.1 as its address instead.
+    # Ray's token authentication, with a token made for this cluster alone
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["RAY_worker_niceness"] = "0"
+    if token:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env
 
 
-def _spawn(args: list[str], log: Path) -> int:
+def _spawn(args: list[str], log: Path, token: str) -> int:
     out = open(log, "ab")
     process = subprocess.Popen([_ray(), "start", "--block", "--disable-usage-stats", *args], stdout=out,
-                               stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+                               stderr=subprocess.STDOUT, env=_env(token), start_new_session=True)
     return process.pid
 
 
@@ -60,20 +68,29 @@ def start(state_dir: Path, workers: int, cpus: int, head_cpus: int = 0, timeout_
     head = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(head_cpus),
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
             "--temp-dir", str(temp), "--min-worker-port", str(base), "--max-worker-port", str(base + WORKER_PORTS - 1)]
-    nodes = [{"name": "head", "pid": _spawn(head, state_dir / "head.log")}]
+    import secrets
+
+    token = secrets.token_hex(32)
+    nodes = [{"name": "head", "pid": _spawn(head, state_dir / "head.log", token)}]
     state = {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "temp_dir": str(temp),
-             "nodes": nodes}
+             "token": token, "nodes": nodes}
     _write(state_dir, state)
     _wait_for_nodes(state, 1, timeout_s)
     for i in range(workers):
         low = base + (i + 1) * WORKER_PORTS
-        args = ["--address", state["address"], "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
+        # every agent of a node listens on fixed default ports: on one machine each node needs its own
+        agent_ports = [f"--{name}={free_port()}" for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+        args = [*agent_ports, "--address", state["address"], "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
                 "--resources", json.dumps({f"worker_node_{i}": 1}), "--min-worker-port", str(low),
                 "--max-worker-port", str(low + WORKER_PORTS - 1)]
-        nodes.append({"name": f"worker_node_{i}", "pid": _spawn(args, state_dir / f"worker_node_{i}.log")})
+        nodes.append({"name": f"worker_node_{i}", "pid": _spawn(args, state_dir / f"worker_node_{i}.log", token)})
         _write(state_dir, state)
     _wait_for_nodes(state, 1 + workers, timeout_s)
     _wait_for_dashboard(state["dashboard"], timeout_s)
+    (state_dir / "auth_token").write_text(token + "\n")
+    (state_dir / "auth_token").chmod(0o600)
     return state
 
 
@@ -115,7 +132,7 @@ def _wait_for_nodes(state: dict, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         out = subprocess.run([sys.executable, "-c", probe, state["address"]], capture_output=True, text=True,
-                             env=_env(), timeout=timeout_s)
+                             env=_env(state["token"]), timeout=timeout_s)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
@@ -149,6 +166,8 @@ def main() -> None:
     if args.command == "start":
         state = start(args.state, args.workers, args.cpus)
         print(json.dumps({k: state[k] for k in ("address", "dashboard")}))
+        print(f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {args.state}/auth_token)   # for rlkit submit",
+              file=sys.stderr)
     else:
         stop(args.state, args.node)
 

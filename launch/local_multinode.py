@@ -64,7 +64,9 @@ def start(state_dir: Path, workers: int, cpus: int, head_cpus: int = 0, timeout_
     state_dir.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix="rlkit-ray-", dir="/tmp"))  # short: socket paths have a length limit
     gcs, dashboard = free_port(), free_port()
-    base = 20000 + (os.getpid() % 200) * 100
+    # worker port ranges below the kernel's ephemeral range (32768 up), where free_port() draws the
+    # agents' ports from: the two must never meet
+    base = 10100 + (os.getpid() % 40) * WORKER_PORTS
     head = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(head_cpus),
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
             "--temp-dir", str(temp), "--min-worker-port", str(base), "--max-worker-port", str(base + WORKER_PORTS - 1)]
@@ -140,6 +142,7 @@ def _wait_for_nodes(state: dict, count: int, timeout_s: float) -> None:
 
 
 def _wait_for_dashboard(url: str, timeout_s: float) -> None:
+    import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
@@ -147,6 +150,8 @@ def _wait_for_dashboard(url: str, timeout_s: float) -> None:
         try:
             with urllib.request.urlopen(f"{url}/api/version", timeout=5):
                 return
+        except urllib.error.HTTPError:
+            return  # it answered (401 without the cluster's token): it is up
         except OSError:
             time.sleep(1)
     raise TimeoutError(f"the dashboard (Jobs API) at {url} did not answer in {timeout_s:g} s")

@@ -18,12 +18,13 @@ from rlkit import jobs
 from rlkit.validation import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# Not yet passing (issue 14, in progress): on one machine the launcher's worker nodes do not join.
-# Their raylet dies at start with "bind: Address already in use" (a port every node opens by default
-# that the launcher does not yet give each node apart). Skipped, not removed, so the next step's
-# target is in the suite and its reason shows in every test report.
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="local multi-node launcher: worker raylets fail to bind a "
-                                                        "port on one machine (issue 14 in progress)")]
+# Not yet passing (issue 14, in progress), so run only on request (RLKIT_CLUSTER_TESTS=1). On one
+# machine the launcher's head comes up and its worker nodes start without error, but the cluster
+# does not list them all as alive within 180 s; and stopping the nodes' process groups leaves their
+# raylets running (Ray starts them in sessions of their own). The four tests below are the target.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not os.environ.get("RLKIT_CLUSTER_TESTS"),
+    reason="local multi-node launcher not working yet: worker nodes do not all join (issue 14 in progress)")]
 
 
 def launcher():

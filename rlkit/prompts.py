@@ -18,9 +18,10 @@ FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": 
 
 
 def load_rows(source: str, split: str, data: DataConfig, required: Sequence[str] = (),
-              lists: Sequence[str] = ()) -> list[dict[str, Any]]:
+              lists: Sequence[str] = (), tokenizer=None) -> list[dict[str, Any]]:
     """Rows of a local file, a ``save_to_disk`` folder or a hub dataset, checked by :func:`check_rows`."""
-    return check_rows(read_rows(source, split), data, origin=source, required=required, lists=lists)
+    return check_rows(read_rows(source, split), data, origin=source, required=required, lists=lists,
+                      tokenizer=tokenizer)
 
 
 def read_rows(source: str, split: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -118,19 +119,27 @@ class NumberedRows(list):
 
 
 def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
-               required: Sequence[str] = (), lists: Sequence[str] = ()) -> list[dict[str, Any]]:
+               required: Sequence[str] = (), lists: Sequence[str] = (), tokenizer=None) -> list[dict[str, Any]]:
     """Refuse (or skip, per ``data.on_bad_row``) malformed rows, naming each by its 1-based number.
 
-    A row is usable when its prompt column holds non-blank text and every ``required`` column
-    (an environment's ``required_columns``, e.g. ``answer``) holds non-blank text or a finite
-    number. Everything is checked here, when rows are loaded, so nothing fails mid-run.
+    A row is usable when its prompt column holds non-blank text (or a list of well-formed messages)
+    and every ``required`` column (an environment's ``required_columns``, e.g. ``answer``) holds
+    non-blank text or a finite number. With ``tokenizer``, what needs it too: a conversational
+    prompt renders with the chat template, and no prompt is longer than ``data.max_prompt_length``
+    (under ``on_long_prompt: error``). Everything is checked here, when rows are loaded, so nothing
+    fails mid-run.
     """
     numbers = getattr(rows, "row_numbers", None)
     where = f"{origin} ({rows.source})" if isinstance(rows, NumberedRows) else origin
     rows = list(rows)
+    numbers = numbers or range(1, len(rows) + 1)
+    if tokenizer is not None:
+        _check_template(rows, numbers, tokenizer, data, where)
     good: list[dict[str, Any]] = []
-    for number, row in zip(numbers or range(1, len(rows) + 1), rows):
+    for number, row in zip(numbers, rows):
         problem = row_problem(row, data.prompt_column, required, lists)
+        if problem is None and tokenizer is not None:
+            problem = _rendering_problem(row[data.prompt_column], tokenizer, data)
         if problem is None:
             good.append(row)
             continue
@@ -143,41 +152,33 @@ def check_rows(rows: Iterable[Any], data: DataConfig, origin: str,
     return good
 
 
-def check_prompt_rendering(rows: list[dict[str, Any]], tokenizer, data: DataConfig,
-                           origin: str) -> list[dict[str, Any]]:
-    """What needs the tokenizer, checked before anything starts: conversational prompts render with
-    the chat template, and no prompt is longer than ``data.max_prompt_length`` (under
-    ``on_long_prompt: error``). A bad row is refused, or skipped per ``data.on_bad_row``, by number."""
+def _check_template(rows: list[Any], numbers, tokenizer, data: DataConfig, where: str) -> None:
+    """Conversational prompts and no chat template: one error, naming the first such row."""
+    from rlkit.chat import is_conversational
+
+    if getattr(tokenizer, "chat_template", None):
+        return
+    for number, row in zip(numbers, rows):
+        if isinstance(row, dict) and is_conversational(row.get(data.prompt_column)):
+            raise ConfigError(f"{where}, row {number}: a conversational prompt, and the tokenizer has no chat "
+                              "template to render it; set model.chat_template (a template string or a file)")
+
+
+def _rendering_problem(prompt: Any, tokenizer, data: DataConfig) -> str | None:
+    """A prompt the chat template cannot render, or one over ``data.max_prompt_length`` (``error``)."""
     from rlkit.chat import encode_prompt, is_conversational
 
-    column = data.prompt_column
-    numbers = getattr(rows, "row_numbers", None) or range(1, len(rows) + 1)
     limit = data.max_prompt_length if data.on_long_prompt == "error" else 0
-    conversational = [n for n, row in zip(numbers, rows) if is_conversational(row[column])]
-    if conversational and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"{origin}, row {conversational[0]}: a conversational prompt, and the tokenizer has no "
-                          "chat template to render it; set model.chat_template (a template string or a file)")
-    if not conversational and not limit:
-        return rows
-    good = []
-    for number, row in zip(numbers, rows):
-        try:
-            length = len(encode_prompt(tokenizer, row[column], data.system_prompt))
-        except Exception as exc:  # noqa: BLE001 (a template raises what it likes on bad messages)
-            problem = f"the chat template cannot render the prompt ({type(exc).__name__}: {exc})"
-        else:
-            problem = (f"the prompt has {length} tokens, more than data.max_prompt_length {limit} (or set "
-                       "data.on_long_prompt: truncate)") if limit and length > limit else None
-        if problem is None:
-            good.append(row)
-            continue
-        message = f"{origin}, row {number}: {problem}"
-        if data.on_bad_row == "error":
-            raise ConfigError(message + " (set data.on_bad_row: skip to drop such rows)")
-        print(f"warning: skipped {message}", file=sys.stderr)
-    if not good:
-        raise ConfigError(f"{origin}: no usable rows")
-    return good
+    if not limit and not is_conversational(prompt):
+        return None
+    try:
+        length = len(encode_prompt(tokenizer, prompt, data.system_prompt))
+    except Exception as exc:  # noqa: BLE001 (a template raises what it likes on bad messages)
+        return f"the chat template cannot render the prompt ({type(exc).__name__}: {exc})"
+    if limit and length > limit:
+        return (f"the prompt has {length} tokens, more than data.max_prompt_length {limit} (or set "
+                "data.on_long_prompt: truncate)")
+    return None
 
 
 def row_problem(row: Any, prompt_column: str, required: Sequence[str] = (), lists: Sequence[str] = ()) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any, Sequence
 
 from rlkit import metric_names as m
 from rlkit.config import ConfigError, RLConfig, apply_mapping
-from rlkit.driver.stopping import StopRequest
+from rlkit.driver.stopping import StopRequest, checkpoint_or_stop, stopped_summary
 from rlkit.objectives import objective_from_config
-from rlkit.prompts import PromptSource, check_prompt_rendering, check_rows, load_rows
+from rlkit.prompts import PromptSource, check_rows, load_rows
 from rlkit.reward_runner import RewardFn
 from rlkit.runs import (ACTOR_DIED, ACTOR_RETRY, MetricsLogger, RunDirectory, TrainingProgress, plot_reward_curve,
                         render_summary, write_summary)
@@ -86,19 +85,15 @@ class RLTrainer:
         """Rows for ``split``, checked now: a prompt (rendered with the chat template when it is a list
         of messages, and within data.max_prompt_length), plus the columns the environment's rewards need."""
         required = () if split == "train" and self.config.data.label_free else getattr(self.env, "required_columns", ())
-        checks = {"required": required, "lists": getattr(self.env, "list_columns", ())}
+        # a multi-turn environment writes the prompt the model reads: its rows are not rendered here
+        tokenizer = None if getattr(self.env, "multi_turn", False) else self.tokenizer
+        checks = {"required": required, "lists": getattr(self.env, "list_columns", ()), "tokenizer": tokenizer}
         if dataset is not None:
-            origin = f"{split}_dataset"
-            rows = check_rows(list(dataset), self.config.data, origin=origin, **checks)
-        elif file:
-            origin = file
-            rows = load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, **checks)
-        else:
-            origin = f"environment {self.config.env.name}, {split} split"
-            rows = check_rows(self.env.dataset(split), self.config.data, origin=origin, **checks)
-        if getattr(self.env, "multi_turn", False):  # the environment writes the prompt the model reads
-            return rows
-        return check_prompt_rendering(rows, self.tokenizer, self.config.data, origin)
+            return check_rows(list(dataset), self.config.data, origin=f"{split}_dataset", **checks)
+        if file:
+            return load_rows(file, getattr(self.config.data, f"{split}_split"), self.config.data, **checks)
+        return check_rows(self.env.dataset(split), self.config.data,
+                          origin=f"environment {self.config.env.name}, {split} split", **checks)
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass rate of the configured model on the eval rows, in this process (no Ray)."""
@@ -181,16 +176,11 @@ class RLTrainer:
                 logger.log(step + 1, metrics)
                 bar.update(step + 1, metrics)
                 state.update(step=step + 1, wall_seconds=wall_before + time.perf_counter() - started)
-                saved = config.save_steps and (step + 1) % config.save_steps == 0
-                if saved and step + 1 < config.max_steps:
-                    self._checkpoint(run, actors, pipeline, state)
-                if stop.requested and step + 1 < config.max_steps:
-                    if not saved:
-                        self._checkpoint(run, actors, pipeline, state)
-                    run.mark_stopped(step + 1, f"{stop.signal_name} received")
+                if checkpoint_or_stop(run, stop, step + 1, config.max_steps, config.save_steps,
+                                      lambda: self._checkpoint(run, actors, pipeline, state)):
                     break
         if state["step"] < config.max_steps:  # stopped by request: checkpointed, resumable
-            return _stopped_summary(run, state)
+            return stopped_summary(run, state)
         after = self._evaluate(actors)
         run.append_failures(state["step"], actors.fleet.take_retries())
         ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners]
@@ -238,13 +228,6 @@ class RLTrainer:
             driver = pickle.load(f)
         pipeline.load_state_dict(driver["pipeline"])
         return driver["trainer"]
-
-
-def _stopped_summary(run: RunDirectory, state: dict[str, Any]) -> dict[str, Any]:
-    print(f"stopped after step {state['step']}; checkpoint {run.checkpoint_dir(state['step'])}; continue with: "
-          f"rlkit train --resume {run.path}", file=sys.stderr, flush=True)
-    return {"run_dir": str(run.path), "steps": state["step"], "stopped": True,
-            "checkpoint": str(run.checkpoint_dir(state["step"]))}
 
 
 def step_metrics(out, step: int, seconds: float) -> dict[str, float]:

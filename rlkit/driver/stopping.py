@@ -35,3 +35,27 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def checkpoint_or_stop(run, stop: StopRequest, step: int, max_steps: int, save_steps: int, checkpoint) -> bool:
+    """After step ``step`` (1-based) is logged: write the checkpoint ``save_steps`` asks for, and, if
+    a stop was requested, make sure one exists for this step and mark the run stopped. True: stop now."""
+    if step >= max_steps:
+        return False  # the run ends anyway; its final model is exported, no checkpoint needed
+    saved = bool(save_steps) and step % save_steps == 0
+    if saved:
+        checkpoint()
+    if not stop.requested:
+        return False
+    if not saved:
+        checkpoint()
+    run.mark_stopped(step, f"{stop.signal_name} received")
+    return True
+
+
+def stopped_summary(run, state: dict) -> dict:
+    """What a run stopped by request returns (it writes no summary.json: it is not finished)."""
+    print(f"stopped after step {state['step']}; checkpoint {run.checkpoint_dir(state['step'])}; continue with: "
+          f"rlkit train --resume {run.path}", file=sys.stderr, flush=True)
+    return {"run_dir": str(run.path), "steps": state["step"], "stopped": True,
+            "checkpoint": str(run.checkpoint_dir(state["step"]))}

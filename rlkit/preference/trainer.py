@@ -27,7 +27,7 @@ from typing import Any
 from rlkit import metric_names as m
 from rlkit.config import ConfigError, RLConfig, apply_mapping
 from rlkit.driver.micro_batches import MicroBatchLimits, pack
-from rlkit.driver.stopping import StopRequest
+from rlkit.driver.stopping import StopRequest, checkpoint_or_stop, stopped_summary
 from rlkit.preference.batches import encode_pairs
 from rlkit.preference.data import PreferencePair, load_pairs
 from rlkit.prompts import PromptSource, read_rows
@@ -187,18 +187,11 @@ class PreferenceTrainer:
                 logger.log(step + 1, metrics, histograms=histograms)
                 bar.update(step + 1, metrics)
                 state.update(step=step + 1, wall_seconds=wall_before + time.perf_counter() - started)
-                saved = config.save_steps and (step + 1) % config.save_steps == 0
-                if saved and step + 1 < config.max_steps:
-                    self._checkpoint(run, actors, source, state)
-                if stop.requested and step + 1 < config.max_steps:
-                    if not saved:
-                        self._checkpoint(run, actors, source, state)
-                    run.mark_stopped(step + 1, f"{stop.signal_name} received")
+                if checkpoint_or_stop(run, stop, step + 1, config.max_steps, config.save_steps,
+                                      lambda: self._checkpoint(run, actors, source, state)):
                     break
         if state["step"] < config.max_steps:  # stopped by request: checkpointed, resumable
-            from rlkit.trainer import _stopped_summary
-
-            return _stopped_summary(run, state)
+            return stopped_summary(run, state)
         after = self._evaluate(actors, state, state["step"])
         ray_get([a.save_pretrained.remote(str(run.final_model_dir)) for a in actors.learners])
         self._write_labels(run, state)

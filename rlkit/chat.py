@@ -69,5 +69,7 @@ def template_text(value: str) -> str:
     if "{" not in value and Path(value).expanduser().is_file():
         return Path(value).expanduser().read_text()
     if "{" not in value:
-        raise FileNotFoundError(f"model.chat_template: {value!r} is neither a file nor a Jinja template")
+        from rlkit.config import ConfigError
+
+        raise ConfigError(f"model.chat_template: {value!r} is neither a file nor a Jinja template")
     return value

@@ -213,6 +213,10 @@ def _check_paths(config: RLConfig) -> None:
                            trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.name_or_path: {exc}") from exc
+    if config.model.chat_template:
+        from rlkit.chat import template_text
+
+        template_text(config.model.chat_template)  # a file that is not there, named before anything starts
     for key in ("train_file", "eval_file"):
         value = getattr(config.data, key)
         if value and _looks_like_file(value) and not Path(value).expanduser().exists():

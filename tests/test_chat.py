@@ -52,8 +52,10 @@ def test_a_template_file_is_read_and_saved_with_the_final_model(tmp_path):
     path = tmp_path / "template.jinja"
     path.write_text(TEMPLATE)
     assert load_tokenizer(ModelConfig(chat_template=str(path))).chat_template == TEMPLATE
-    with pytest.raises(FileNotFoundError, match="neither a file nor a Jinja template"):
+    with pytest.raises(ConfigError, match="neither a file nor a Jinja template"):
         load_tokenizer(ModelConfig(chat_template=str(tmp_path / "missing.jinja")))
+    with pytest.raises(ConfigError, match="model.chat_template: .*missing.jinja.* is neither a file"):
+        load_config(None, {"model.chat_template": str(tmp_path / "missing.jinja")})  # before anything starts
 
 
 def test_trl_rewards_run_unchanged_on_a_conversational_dataset(tmp_path):

@@ -9,10 +9,9 @@ driver), and worker nodes with ``--cpus`` CPUs each and a custom resource ``work
 test can pin or find actors per node. Every node gets its own port ranges (several raylets on one
 machine must not pick the same worker ports). The cluster uses Ray's token authentication with a
 token made for it (``STATE/auth_token``): export ``RAY_AUTH_MODE=token RAY_AUTH_TOKEN=...`` before
-``rlkit submit``. ``stop`` ends exactly the processes this script
-started, by the process-group ids it recorded in the state file (``ray stop`` would end every Ray
-process on the machine, other users' included); ``stop --node I`` stops one worker node, as a
-lost machine would.
+``rlkit submit``. ``stop`` ends exactly the processes this script started, by the process ids it
+recorded in the state file (``ray stop`` would end every Ray process on the machine, other users'
+included); ``stop --node worker_node_1`` kills one worker node outright, as a lost machine.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 WORKER_PORTS = 400  # worker ports per node
+STOP_WAIT_S = 20  # for a node's processes to end after its `ray start` was asked to stop
 
 
 def free_port() -> int:
@@ -84,7 +84,10 @@ def start(state_dir: Path, workers: int, cpus: int, head_cpus: int = 0, timeout_
         agent_ports = [f"--{name}={free_port()}" for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
             "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
+        # and its own temp dir: nodes sharing one would race for the same socket file names
+        node_temp = temp / f"w{i}"
         args = [*agent_ports, "--address", state["address"], "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
+                "--temp-dir", str(node_temp),
                 "--resources", json.dumps({f"worker_node_{i}": 1}), "--min-worker-port", str(low),
                 "--max-worker-port", str(low + WORKER_PORTS - 1)]
         nodes.append({"name": f"worker_node_{i}", "pid": _spawn(args, state_dir / f"worker_node_{i}.log", token)})
@@ -97,30 +100,62 @@ def start(state_dir: Path, workers: int, cpus: int, head_cpus: int = 0, timeout_
 
 
 def stop(state_dir: Path, node: str | None = None) -> None:
-    """End the recorded nodes (or one of them), by their process groups: TERM, then KILL."""
+    """Stop the recorded cluster, or kill one of its worker nodes as a lost machine would go.
+
+    The whole cluster: each node's ``ray start`` is asked to stop (SIGTERM to that process alone,
+    so it ends its own processes in order and the head's GCS is still there while the worker
+    nodes drain), worker nodes first; whatever of a node's process group is left after
+    ``STOP_WAIT_S`` is killed. One node (``node="worker_node_1"``): its process group is killed at
+    once, with no drain, as when a machine is lost.
+    """
     state = json.loads((state_dir / "cluster.json").read_text())
-    targets = [n for n in state["nodes"] if node is None or n["name"] == node]
-    if node is not None and not targets:
-        raise SystemExit(f"no node {node!r} (nodes: {', '.join(n['name'] for n in state['nodes'])})")
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for n in targets:
+    if node is not None:
+        targets = [n for n in state["nodes"] if n["name"] == node]
+        if not targets:
+            raise SystemExit(f"no node {node!r} (nodes: {', '.join(n['name'] for n in state['nodes'])})")
+        _signal_group(targets[0]["pid"], signal.SIGKILL)
+        return
+    workers = [n for n in state["nodes"] if n["name"] != "head"]
+    head = [n for n in state["nodes"] if n["name"] == "head"]
+    for group in (workers, head):
+        for n in group:
             try:
-                os.killpg(n["pid"], sig)
+                os.kill(n["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 15
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive_group(n["pid"]) for n in targets):
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline and any(_alive_group(n["pid"]) for n in group):
             time.sleep(0.2)
-    if node is None:
-        subprocess.run(["rm", "-rf", state["temp_dir"]], check=False)
+        for n in group:
+            _signal_group(n["pid"], signal.SIGKILL)
+    subprocess.run(["rm", "-rf", state["temp_dir"]], check=False)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _alive_group(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """Whether a process of the group still runs. Zombies do not count: where nothing reaps them
+    (a container whose init does not), they stay in the group after they exited."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _write(state_dir: Path, state: dict) -> None:

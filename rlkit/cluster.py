@@ -73,11 +73,23 @@ def _keep_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _without_job_env_vars(env_vars: dict[str, str]) -> dict[str, str]:
+    """Drop the variables a submitted job's runtime env already sets: Ray refuses a driver that
+    restates one (a Jobs API submission, by rlkit or with the Ray Jobs CLI, may set any of them)."""
+    import json
+
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not injected:
+        return env_vars
+    job_vars = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
+    return {k: v for k, v in env_vars.items() if k not in job_vars}
+
+
 def start_ray(config: RLConfig) -> bool:
     """Join ``cluster.address`` or start an in-process cluster; True when we started it."""
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}}
+    env = {"env_vars": _without_job_env_vars({"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})}
     if config.cluster.address:
         ray.init(address=config.cluster.address, runtime_env=env, logging_level="ERROR")
         return True

@@ -102,8 +102,7 @@ def submit(config: RLConfig, address: str, *, python: str = "python", pip: list[
     folder = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=staging_root))
     sent = stage(config, folder)
     runtime_env: dict[str, Any] = {"working_dir": str(folder),
-                                   "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(int(stop_timeout_s)),
-                                                "TOKENIZERS_PARALLELISM": "false"}}
+                                   "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(int(stop_timeout_s))}}
     if pip:
         runtime_env["pip"] = list(pip)
     jobs.submit_job(entrypoint=f"{python} -m rlkit.cli train config.yaml --logging.progress false",

@@ -21,7 +21,10 @@ within the call's own deadline; each such retry is kept in ``RewardOutcome.retri
 ``failures.jsonl``. A call whose actor died (``ActorDiedError``) is not sent again: its retry budget is
 zero, because a reward call that kills its process is nearly always the reward's own doing on that
 input, so a retry would double the cost of every such batch to fail the same way. It counts as the
-reward's failure on the batch, and the actor is replaced.
+reward's failure on the batch, and the actor is replaced. The exception is an actor that died with
+its node (the node is no longer alive in the cluster): that is not the reward's doing, so the call
+is sent again to the replacement (``MAX_RECONNECTS`` times at most, within the call's deadline) and
+kept in ``retries`` as a restart.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class RewardActor:
     def score(self, index: int, batch: RewardBatch) -> RewardScores:
         return score_one(self.funcs[index][1], batch)
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 @dataclass
 class _Lane:
@@ -104,7 +110,7 @@ class RewardPool:
         self._actor_class = ray.remote(num_cpus=0, max_restarts=0)(RewardActor).options(scheduling_strategy=here)
         self._init_args = (list(funcs), dict(args or {}))
         self._actors = [self._actor_class.remote(*self._init_args) for _ in range(min(num_workers, len(funcs)))]
-        self._wait_ready(self._actors)
+        self._nodes: list[str] = self._wait_ready(self._actors)  # each actor's node, to tell a lost node apart
 
     def score(self, prompts: list[Any], completions: list[str], completion_ids: list[list[int]],
               rows: list[dict[str, Any]], group_ids: list[int] | None = None) -> RewardOutcome:
@@ -172,7 +178,11 @@ class RewardPool:
             self._replace(lane, "was out of reach")
             return RewardScores.failed(len(batch.completions), f"reward actor out of reach: {_first_line(exc)}")
         except ray.exceptions.RayActorError as exc:
-            self._replace(lane, "died")
+            node_lost = not _node_alive(self._nodes[lane.actor_index])
+            self._replace(lane, "was lost with its node" if node_lost else "died")
+            if node_lost and lane.reconnects < MAX_RECONNECTS and time.monotonic() < lane.deadline:
+                self._resend_to_replacement(lane, batch, exc)
+                return None
             return RewardScores.failed(len(batch.completions), f"reward process died: {_first_line(exc)}")
         except ray.exceptions.RayError as exc:  # e.g. the batch could not be unpickled there
             return RewardScores.failed(len(batch.completions), f"{type(exc).__name__}: {_first_line(exc)}")
@@ -204,19 +214,35 @@ class RewardPool:
                        lane.actor_index, self.names[lane.queue[0]], waited, lane.reconnects, MAX_RECONNECTS)
         return True
 
+    def _resend_to_replacement(self, lane: _Lane, batch: RewardBatch, exc: BaseException) -> None:
+        lane.reconnects += 1
+        lane.ref = self._actors[lane.actor_index].score.remote(lane.queue[0], batch)  # same deadline
+        self._retries.append({"kind": ACTOR_RETRY, "actor": f"reward actor {lane.actor_index}",
+                              "call": self.names[lane.queue[0]], "error": type(exc).__name__,
+                              "detail": "its node was lost; " + _first_line(exc), "restarted": True,
+                              "replaced": True, "retry": lane.reconnects, "max_retries": MAX_RECONNECTS,
+                              "waited_s": round(self._replaced_in, 3)})
+
     def _replace(self, lane: _Lane, why: str) -> None:
         """Kill the lane's actor and start a fresh one."""
         started = time.monotonic()
         ray.kill(self._actors[lane.actor_index], no_restart=True)
         self._actors[lane.actor_index] = self._actor_class.remote(*self._init_args)
-        self._wait_ready([self._actors[lane.actor_index]])
+        (self._nodes[lane.actor_index],) = self._wait_ready([self._actors[lane.actor_index]])
+        self._replaced_in = time.monotonic() - started
         logger.warning("reward actor %d %s in reward %r; replaced in %.1fs", lane.actor_index, why,
                        self.names[lane.queue[0]], time.monotonic() - started)
 
-    def _wait_ready(self, actors: list) -> None:
-        """Block until the actors are constructed: their start-up must not eat into a call's timeout,
-        and a bad plugin reference should fail here, with the actor's traceback."""
-        ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=START_TIMEOUT_S)
+    def _wait_ready(self, actors: list) -> list[str]:
+        """Block until the actors are constructed (their start-up must not eat into a call's timeout,
+        and a bad plugin reference should fail here, with the actor's traceback); their nodes."""
+        return ray.get([actor.node_id.remote() for actor in actors], timeout=START_TIMEOUT_S)
+
+
+def _node_alive(node_id: str) -> bool:
+    """Whether the cluster still lists the node as alive (an actor lost with its node died after
+    the cluster marked the node dead)."""
+    return any(node["NodeID"] == node_id and node["Alive"] for node in ray.nodes())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -173,3 +173,20 @@ def test_an_actor_out_of_reach_is_waited_for_and_the_call_sent_again(monkeypatch
     (retry,) = outcome.retries
     assert retry["kind"] == "actor_retry" and retry["actor"] == "reward actor 0" and retry["call"] == "exact"
     assert retry["error"] == "ActorUnavailableError" and not retry["restarted"] and retry["waited_s"] >= 0
+
+
+def test_a_call_whose_actor_was_lost_with_its_node_is_sent_to_the_replacement(monkeypatch):
+    """An actor that died with its node is not the reward's doing: the call goes to the replacement
+    and scores as if nothing happened (a process that died on a live node is a failure, above)."""
+    import rlkit.reward_pool as reward_pool
+
+    config = RewardsConfig(timeout_s=30.0, num_workers=1)
+    with build_reward_scorer([("exact", exact), ("flaky", flaky)], WEIGHTS, config) as pool:
+        lost_node = pool._nodes[0]
+        monkeypatch.setattr(reward_pool, "_node_alive", lambda node: node != lost_node)
+        ray.kill(pool._actors[0], no_restart=True)  # as the node's loss would
+        outcome = pool.score(*batch("ok"))
+    assert outcome.totals == GOOD_TOTALS and outcome.failures == {}
+    (retry,) = outcome.retries
+    assert retry["actor"] == "reward actor 0" and retry["call"] == "exact" and retry["restarted"] and retry["replaced"]
+    assert retry["detail"].startswith("its node was lost")

@@ -19,7 +19,9 @@ from rlkit import jobs
 from rlkit.validation import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # about 2 min: a real three-node cluster and four short runs
+# about 2 min: a real three-node cluster and four short runs. own_ray: no in-process session beside
+# it (this process talks to the token-authenticated cluster, and Ray reads auth settings per process)
+pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
 
 def launcher():

@@ -85,8 +85,9 @@ def _without_job_env_vars(env_vars: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env_vars.items() if k not in job_vars}
 
 
-def start_ray(config: RLConfig) -> bool:
-    """Join ``cluster.address`` or start an in-process cluster; True when we started it."""
+def start_ray(config: RLConfig, reward_actors: int = 0) -> bool:
+    """Join ``cluster.address`` or start an in-process cluster; True when we started it.
+    ``reward_actors``: how many the run will start (their ``cluster.reward_cpus`` count too)."""
     if ray.is_initialized():
         return False
     env = {"env_vars": _without_job_env_vars({"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})}
@@ -105,7 +106,8 @@ def start_ray(config: RLConfig) -> bool:
     peers = parse_collaborators(config)
     learners = config.learner.num_learners + sum(c.learn for c in peers)
     workers = config.rollout.num_workers + sum(c.num_workers for c in peers)
-    needed = math.ceil(learners * config.cluster.learner_cpus + workers * config.cluster.worker_cpus)
+    needed = math.ceil(learners * config.cluster.learner_cpus + workers * config.cluster.worker_cpus
+                       + reward_actors * config.cluster.reward_cpus)
     # Actors reserve cluster.learner_cpus / worker_cpus each; on a small machine tell Ray there are
     # enough so they all start (they then share the cores, which is what we want for a laptop-sized run).
     cpus = config.cluster.num_cpus or max(os.cpu_count() or 1, needed)
@@ -154,6 +156,16 @@ def weight_sync_mode(config: RLConfig, learner_gpu: float, worker_gpu: float) ->
     return "broadcast" if whole_gpus and config.rollout.max_staleness == 0 else "object_store"
 
 
+def reward_actors_per_worker(config: RLConfig, reward_funcs: list, eval_reward_funcs: list | None) -> int:
+    """The reward actors each rollout worker starts: a pool for its rewards, and one for evaluation's
+    when those differ (``rlkit.reward_pool``); none when rewards run in the worker itself."""
+    width = config.rewards.num_workers
+    if width < 1:
+        return 0
+    return (min(width, len(reward_funcs)) if reward_funcs else 0) + (
+        min(width, len(eval_reward_funcs)) if eval_reward_funcs else 0)
+
+
 def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list | None = None, *,
                  learner_class: type | None = None) -> Actors:
     """One learner per data-parallel rank (``learner_class``, default the RL learner),
@@ -164,9 +176,11 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
     from rlkit.placement import Demand, Placement, check_placeable
     from rlkit.rollout.collaborators import parse_collaborators
 
-    started = start_ray(config)
     world = config.learner.num_learners
     peers = parse_collaborators(config)
+    reward_actors = (config.rollout.num_workers + sum(c.num_workers for c in peers)) * reward_actors_per_worker(
+        config, reward_funcs, eval_reward_funcs)
+    started = start_ray(config, reward_actors)
     learner_gpu, worker_gpu = 0.0, 0.0
     try:
         if _use_gpu(config):
@@ -186,7 +200,9 @@ def place_actors(config: RLConfig, reward_funcs: list, eval_reward_funcs: list |
             demands += [Demand(f"collaborator {c.name} worker", c.num_workers, worker_cpus, worker_gpu),
                         Demand(f"collaborator {c.name} learner", int(c.learn), learner_cpus, learner_gpu)]
         if config.cluster.address:
-            check_placeable(demands)
+            # reward actors are placed beside their rollout worker, not in the placement group
+            check_placeable(demands + [Demand("reward actor", reward_actors, config.cluster.reward_cpus,
+                                              config.cluster.reward_gpus)])
         placement = Placement(config.cluster.placement, demands, config.cluster.start_timeout_s)
     except ConfigError:
         if started:

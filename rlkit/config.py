@@ -239,6 +239,11 @@ class ClusterConfig:
         "GPUs each learner rank reserves; none = as use_gpu splits the cluster's GPUs", default=None)
     worker_gpus: float | None = _help(
         "GPUs each rollout worker reserves; none = as use_gpu splits the cluster's GPUs", default=None)
+    reward_cpus: float = _help(
+        "CPUs each reward actor reserves (rewards.num_workers per rollout worker); 0 = they share the cores of "
+        "their rollout worker's node and never hold a slot another actor waits for", default=0.0)
+    reward_gpus: float = _help(
+        "GPUs each reward actor reserves, e.g. for a reward model (its plugin then loads onto cuda)", default=0.0)
     learner_threads: int = _help(
         "torch threads of each learner actor; 0 = the machine's cores shared among the learners (the "
         "learner is the busier side of a CPU run, and generation and training mostly take turns)", default=0)

@@ -3,8 +3,9 @@ cluster cannot hold the run.
 
 * Per role: each learner rank asks for ``cluster.learner_cpus`` CPUs, each rollout worker for
   ``cluster.worker_cpus`` (GPUs as :func:`rlkit.cluster.gpu_shares` splits them, or
-  ``cluster.learner_gpus`` / ``cluster.worker_gpus`` when set). Reward actors take no CPU slot
-  (they run beside their rollout worker, on its node).
+  ``cluster.learner_gpus`` / ``cluster.worker_gpus`` when set). Reward actors run beside their
+  rollout worker, on its node, outside the placement group; each reserves ``cluster.reward_cpus``
+  and ``cluster.reward_gpus`` (none by default: they share their worker's node).
 * ``cluster.placement``: ``default`` leaves each actor to Ray's scheduler. ``pack`` and ``spread``
   reserve one placement group for the whole run, a bundle per actor, learners first: ``pack`` puts
   them on as few nodes as fit (learner rank 0 beside the workers it sends weights to),
@@ -41,6 +42,7 @@ def describe(demands: list[Demand]) -> str:
 
 def check_placeable(demands: list[Demand]) -> None:
     """Refuse a run the joined cluster cannot hold: totals, and each actor against the largest node."""
+    demands = [d for d in demands if d.cpus or d.gpus]  # reward actors reserve nothing by default
     total = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     cpus = sum(d.count * d.cpus for d in demands)
@@ -58,7 +60,7 @@ def check_placeable(demands: list[Demand]) -> None:
     if short:
         raise ConfigError(f"this run cannot be placed on the cluster: it needs {'; '.join(short)} "
                           f"({describe(demands)}). Lower learner.num_learners or rollout.num_workers, "
-                          "cluster.learner_cpus or cluster.worker_cpus, or add nodes")
+                          "cluster.learner_cpus, cluster.worker_cpus or cluster.reward_cpus, or add nodes")
 
 
 class Placement:

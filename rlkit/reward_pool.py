@@ -56,15 +56,16 @@ class RewardScorer(Protocol):
 
 
 def build_reward_scorer(funcs: list[tuple[str, RewardFn | str | type]], weights: list[float] | None,
-                        rewards_config) -> RewardScorer:
-    """The scorer ``rewards_config`` (a :class:`~rlkit.config.RewardsConfig`) asks for.
+                        rewards_config, *, cpus: float = 0.0, gpus: float = 0.0) -> RewardScorer:
+    """The scorer ``rewards_config`` (a :class:`~rlkit.config.RewardsConfig`) asks for; each pool
+    actor reserves ``cpus`` and ``gpus`` (``cluster.reward_cpus``, ``cluster.reward_gpus``).
 
     ``funcs`` may hold plugin references and classes: they are resolved where the rewards run.
     """
     check_weights(weights, len(funcs))
     if rewards_config.num_workers >= 1 and ray.is_initialized():
         return RewardPool(funcs, weights, args=rewards_config.args, timeout_s=rewards_config.timeout_s,
-                          num_workers=rewards_config.num_workers)
+                          num_workers=rewards_config.num_workers, cpus=cpus, gpus=gpus)
     if rewards_config.num_workers >= 1:
         logger.info("no Ray session: rewards run in this process (as with rewards.num_workers=0)")
     return RewardRunner(resolve_reward_funcs(funcs, rewards_config.args), weights, timeout_s=rewards_config.timeout_s)
@@ -99,15 +100,16 @@ class RewardPool:
 
     def __init__(self, funcs: list[tuple[str, RewardFn | str | type]], weights: list[float] | None = None, *,
                  args: dict[str, dict[str, Any]] | None = None, timeout_s: float | None = 30.0,
-                 num_workers: int = 1):
+                 num_workers: int = 1, cpus: float = 0.0, gpus: float = 0.0):
         self.names = [name for name, _ in funcs]
         self.weights = check_weights(weights, len(funcs))
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
-        # num_cpus=0: reward actors share the cores and never hold a CPU slot a rollout or learner
-        # actor is waiting for; max_restarts=0: we replace them ourselves, between calls. Placed on
-        # this node if it can be (soft): next to the caller, where its file.py references exist.
+        # by default (cpus=0) reward actors share the cores and never hold a CPU slot a rollout or
+        # learner actor is waiting for; max_restarts=0: we replace them ourselves, between calls.
+        # Placed on this node if it can be (soft): next to the caller, where its file.py references exist.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self._actor_class = ray.remote(num_cpus=0, max_restarts=0)(RewardActor).options(scheduling_strategy=here)
+        self._actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(RewardActor).options(
+            scheduling_strategy=here)
         self._init_args = (list(funcs), dict(args or {}))
         self._actors = [self._actor_class.remote(*self._init_args) for _ in range(min(num_workers, len(funcs)))]
         self._nodes: list[str] = self._wait_ready(self._actors)  # each actor's node, to tell a lost node apart

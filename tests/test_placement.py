@@ -45,3 +45,34 @@ def test_the_pack_placement_group_holds_every_actor_and_a_run_uses_it(tmp_path):
                                 "logging.progress": "false", "logging.tensorboard": "false"})
     summary = RLTrainer(args=config).train()
     assert summary["steps"] == 2 and len(read_metrics(tmp_path / "metrics.jsonl")) == 2
+
+
+def test_reward_actors_reserve_what_cluster_reward_cpus_says_and_count_in_the_refusal(two_nodes):
+    from rlkit.cluster import reward_actors_per_worker
+    from rlkit.validation import load_config
+
+    config = load_config(None, {"rewards.num_workers": "2"})
+    # a pool of min(2, 3) actors for the rewards, and min(2, 1) for evaluation's own
+    assert reward_actors_per_worker(config, ["a", "b", "c"], ["exact"]) == 3
+    assert reward_actors_per_worker(config, ["a"], None) == 1
+    assert reward_actors_per_worker(load_config(None, {"rewards.num_workers": "0"}), ["a"], ["b"]) == 0
+    check_placeable([Demand("rollout worker", 4, 1.0, 0.0), Demand("reward actor", 8, 0.0, 0.0)])  # reserve nothing
+    with pytest.raises(ConfigError, match=r"it needs 12 CPUs, the cluster has 8 \(4 rollout workers x 1 CPU, "
+                                          r"8 reward actors x 1 CPU\)"):
+        check_placeable([Demand("rollout worker", 4, 1.0, 0.0), Demand("reward actor", 8, 1.0, 0.0)])
+
+
+def test_a_reward_pool_actor_holds_its_cpus_while_it_lives():
+    import ray
+
+    from rlkit.config import RewardsConfig
+    from rlkit.reward_pool import RewardPool, build_reward_scorer
+
+    def one(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    free = ray.available_resources().get("CPU", 0.0)
+    with build_reward_scorer([("one", one)], None, RewardsConfig(num_workers=1), cpus=1.5) as pool:
+        assert isinstance(pool, RewardPool)
+        assert ray.available_resources().get("CPU", 0.0) == pytest.approx(free - 1.5)
+        assert pool.score(["p"], ["c"], [[1]], [{}]).totals == [1.0]

@@ -43,11 +43,13 @@ class RolloutWorker:
         # plugin references are resolved where the rewards run (the reward actors, or here)
         self.rewards = None  # multi-turn environments score their own turns
         if reward_funcs:
-            self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards)
+            self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards,
+                                               cpus=config.cluster.reward_cpus, gpus=config.cluster.reward_gpus)
         # evaluation may score otherwise (label-free training still evaluates against answers)
         self.eval_rewards = self.rewards
         if eval_reward_funcs:
-            self.eval_rewards = build_reward_scorer(eval_reward_funcs, None, config.rewards)
+            self.eval_rewards = build_reward_scorer(eval_reward_funcs, None, config.rewards,
+                                                    cpus=config.cluster.reward_cpus, gpus=config.cluster.reward_gpus)
         rollout = config.rollout
         self.tree = None  # ETTRL's entropy-forked trees (rlkit/rollout/tree.py)
         if rollout.sampler == "entropy_tree":

@@ -71,8 +71,12 @@ def test_a_reward_pool_actor_holds_its_cpus_while_it_lives():
     def one(prompts, completions, **kwargs):
         return [1.0] * len(completions)
 
-    free = ray.available_resources().get("CPU", 0.0)
+    def assigned(actor) -> dict:
+        return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_assigned_resources()))
+
     with build_reward_scorer([("one", one)], None, RewardsConfig(num_workers=1), cpus=1.5) as pool:
         assert isinstance(pool, RewardPool)
-        assert ray.available_resources().get("CPU", 0.0) == pytest.approx(free - 1.5)
+        assert assigned(pool._actors[0]) == {"CPU": 1.5}
         assert pool.score(["p"], ["c"], [[1]], [{}]).totals == [1.0]
+    with build_reward_scorer([("one", one)], None, RewardsConfig(num_workers=1)) as pool:
+        assert assigned(pool._actors[0]) == {}  # by default a reward actor reserves nothing

@@ -185,6 +185,13 @@ def test_a_call_whose_actor_was_lost_with_its_node_is_sent_to_the_replacement(mo
         lost_node = pool._nodes[0]
         monkeypatch.setattr(reward_pool, "_node_alive", lambda node: node != lost_node)
         ray.kill(pool._actors[0], no_restart=True)  # as the node's loss would
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the kill lands asynchronously: wait until it has
+            try:
+                ray.get(pool._actors[0].__ray_ready__.remote(), timeout=30)
+            except ray.exceptions.ActorDiedError:
+                break
+            time.sleep(0.05)
         outcome = pool.score(*batch("ok"))
     assert outcome.totals == GOOD_TOTALS and outcome.failures == {}
     (retry,) = outcome.retries

@@ -113,6 +113,7 @@ class LearnerKillingGRPO(GRPO):
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray  # its actors must start with the variable set here
 def test_a_learner_killed_mid_run_stops_it_with_the_command_that_resumes_it(tmp_path, monkeypatch):
     from rlkit.envs.arith import ArithEnv
 
@@ -137,6 +138,7 @@ def test_a_learner_killed_mid_run_stops_it_with_the_command_that_resumes_it(tmp_
     assert json.loads((out / "failures.jsonl").read_text().splitlines()[0])["kind"] == "actor_died"
 
 
+@pytest.mark.own_ray  # its actors must start with the environment set here
 def test_a_stale_lock_where_the_shm_op_would_be_built_cannot_stop_a_run(tmp_path, monkeypatch):
     # a build of DeepSpeed's CPU shared-memory op killed midway left its lock behind. A run needs no
     # such op: it starts, trains and finishes. (Before, every later learner waited on it forever.)

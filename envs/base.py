@@ -19,6 +19,9 @@ from typing import Any, ClassVar
 
 @dataclass
 class StepResult:
+    """What a multi-turn environment says after a model turn: the turn's reward, whether the
+    episode ends, and otherwise the feedback the model sees next (masked from the loss)."""
+
     reward: float
     done: bool = True
     feedback: str = ""
@@ -50,7 +53,10 @@ class Environment:
                                   "give data.train_file (rows of prompt, chosen, rejected)")
 
     def reset(self, row: dict[str, Any]) -> str:
+        """The first prompt of an episode for ``row`` (by default its ``prompt`` column)."""
         return row["prompt"]
 
     def step(self, history: list[str], completion: str) -> StepResult:
+        """Multi-turn only: score the model's latest ``completion`` given the ``history`` of the
+        episode so far, and say whether the episode ends or what the environment answers."""
         raise NotImplementedError(f"{type(self).__name__} is single-turn: score it with reward functions")

@@ -39,6 +39,7 @@ class Rollout:
 
     @property
     def num_generated_tokens(self) -> int:
+        """Tokens the policy sampled (environment feedback of a multi-turn episode excluded)."""
         return len(self.completion_ids) if self.loss_mask is None else sum(self.loss_mask)
 
 
@@ -65,6 +66,7 @@ class RolloutGroup:
 
     @property
     def rewards(self) -> list[float]:
+        """Each rollout's total reward, in order."""
         return [r.reward for r in self.rollouts]
 
     @property
@@ -79,6 +81,7 @@ class RolloutGroup:
 
     @property
     def multi_turn(self) -> bool:
+        """Whether the group's rollouts are multi-turn episodes (they carry per-turn rewards)."""
         return any(r.turn_rewards is not None for r in self.rollouts)
 
     def one_row_groups(self, indices: list[int], source: str) -> list[RolloutGroup]:

@@ -113,6 +113,12 @@ class RLTrainer:
     # --- the run ---------------------------------------------------------------------------------
 
     def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run training to ``max_steps`` and return the run summary (also ``RUN/summary.json``).
+
+        Places the actors, evaluates before and after, checkpoints every ``save_steps`` and on
+        SIGTERM, and writes the final model to ``RUN/final``. ``resume=True`` continues the run in
+        ``output_dir`` from its latest checkpoint (``RLTrainer.from_run`` builds the trainer).
+        """
         from ray.exceptions import RayActorError
 
         from rlkit.cluster import place_actors

@@ -67,3 +67,13 @@ def _no_run_actors(within_s: float) -> bool:
                 print(f"run actors left alive by the test: {left}; the next test starts a fresh Ray session")
             return not left
         time.sleep(0.1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The count of docs examples this session executed (tests/test_docs_examples.py)."""
+    ran = {outcome: sum(1 for report in terminalreporter.stats.get(outcome, [])
+                        if report.when == "call" and "test_a_docs_example_runs[" in report.nodeid)
+           for outcome in ("passed", "failed")}
+    if ran["passed"] or ran["failed"]:
+        terminalreporter.write_line(f"docs examples executed: {ran['passed']} passed, {ran['failed']} failed "
+                                    "(tests/test_docs_examples.py; the blocks not run say why on their page)")

@@ -235,6 +235,7 @@ class Objective(abc.ABC):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume, before the first step)."""
         del state
 
     def log_metrics(self) -> dict[str, float]:

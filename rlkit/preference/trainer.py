@@ -116,6 +116,9 @@ class PreferenceTrainer:
     # --- the run ---------------------------------------------------------------------------------
 
     def train(self, resume: bool = False) -> dict[str, Any]:
+        """Train on the preference pairs for ``preference.epochs`` (or ``max_steps``) and return the
+        run summary; the run folder is that of an RL run, plus ``pair_labels.jsonl``.
+        ``resume=True`` continues from the latest checkpoint, labels included."""
         from ray.exceptions import RayActorError
 
         from rlkit.cluster import place_actors

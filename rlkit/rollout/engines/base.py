@@ -38,6 +38,8 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to sample: the token budget, temperature, top-p, top-k, greedy decoding, stop strings."""
+
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
@@ -51,6 +53,8 @@ class SamplingParams:
 
 @dataclass
 class Sample:
+    """One sampled continuation: its tokens, their log-probabilities and entropies, truncation."""
+
     completion_ids: list[int]
     logprobs: list[float]  # of each token, under the distribution it was drawn from
     entropies: list[float]  # of that distribution, at each position
@@ -83,13 +87,22 @@ class Request:
 
 @runtime_checkable
 class Engine(Protocol):
-    @property
-    def version(self) -> int: ...
+    """A generation engine: one policy's weights, sampling continuations of token prefixes."""
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None: ...
+    @property
+    def version(self) -> int:
+        """The version of the weights it holds (0 until the learner's first weights are loaded)."""
+        ...
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Take the learner's weights; later samples come from them."""
+        ...
 
     def stream(self, requests: list[Request], params: SamplingParams,
-               seed: int) -> Iterator[list[tuple[int, list[Sample]]]]: ...
+               seed: int) -> Iterator[list[tuple[int, list[Sample]]]]:
+        """Sample ``request.n`` continuations of each request; yield the requests whose samples
+        have all ended, as ``(request index, samples)`` lists, in the order they end."""
+        ...
 
 
 def generate(engine: Engine, requests: list[Request], params: SamplingParams, seed: int) -> list[list[Sample]]:

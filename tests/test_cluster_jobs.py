@@ -19,7 +19,7 @@ from rlkit import jobs
 from rlkit.validation import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# about 2 min: a real three-node cluster and four short runs. own_ray: no in-process session beside
+# about 2 min: a real three-node cluster and three short runs. own_ray: no in-process session beside
 # it (this process talks to the token-authenticated cluster, and Ray reads auth settings per process)
 pytestmark = [pytest.mark.slow, pytest.mark.own_ray]
 
@@ -65,29 +65,6 @@ def cluster(tmp_path_factory):
     host, port = state["address"].split(":")
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
         pass  # nothing is left where the head node was
-
-
-def test_a_run_submitted_through_the_jobs_api_runs_on_the_worker_nodes(cluster, tmp_path, monkeypatch):
-    plugin = tmp_path / "plugins" / "my_rewards.py"
-    plugin.parent.mkdir()
-    plugin.write_text("def right(prompts, completions, answer, **kwargs):\n"
-                      "    return [float(c.strip() == a) for c, a in zip(completions, answer)]\n")
-    monkeypatch.chdir(tmp_path)
-    config = load_config(None, {"max_steps": "2", "save_steps": "0", "data.eval_limit": "20",
-                                "rollout.prompts_per_step": "8", "output_dir": "runs/job",
-                                "rewards.funcs": f"[{plugin}:right]", "logging.tensorboard": "false"})
-    job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
-    assert run_dir == str(tmp_path / "runs" / "job")  # made absolute: the driver runs elsewhere
-    out = io.StringIO()
-    jobs.logs(cluster["dashboard"], job, follow=True, out=out)  # returns when the job ends
-    state = jobs.status(cluster["dashboard"], job)
-    assert state["status"] == "SUCCEEDED", out.getvalue()[-3000:]
-    assert state["run_dir"] == run_dir
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    assert summary["steps"] == 2 and (Path(run_dir) / "final" / "model.safetensors").is_file()
-    assert "run summary" in out.getvalue()
-    sent = json.loads(json.dumps(__import__("yaml").safe_load((Path(run_dir) / "config.yaml").read_text())))
-    assert sent["cluster"]["address"] == "auto" and sent["rewards"]["funcs"] == ["my_rewards.py:right"]
 
 
 def test_an_unknown_job_and_an_unreachable_cluster_are_named(cluster):
@@ -147,9 +124,11 @@ def test_spread_places_ranks_and_workers_apart_and_rlkit_stop_checkpoints_the_jo
     assert [m["step"] for m in read_metrics(metrics)] == list(range(1, stopped["step"] + 3))
 
 
-def test_a_lost_worker_node_is_recovered_and_the_run_trains_every_scheduled_group(cluster, tmp_path):
-    """Kill (SIGKILL, no drain) the worker node that holds a rollout worker but not the learner,
-    mid-run. Ray reschedules the worker's bundle on the surviving node, the fleet sends its lost call
+def test_a_submitted_run_survives_a_lost_worker_node_and_trains_every_scheduled_group(cluster, tmp_path,
+                                                                                       monkeypatch):
+    """A run with a local reward plugin, submitted through the Jobs API, its logs followed to the end.
+    Mid-run, the worker node that holds a rollout worker but not the learner is killed (SIGKILL, no
+    drain). Ray reschedules the worker's bundle on the surviving node, the fleet sends its lost call
     again, and the run trains every group it scheduled; failures.jsonl says what happened.
     Last in this module: the cluster has one worker node less afterwards."""
     import time
@@ -158,12 +137,19 @@ def test_a_lost_worker_node_is_recovered_and_the_run_trains_every_scheduled_grou
 
     from rlkit.runs import read_metrics
 
+    plugin = tmp_path / "plugins" / "my_rewards.py"
+    plugin.parent.mkdir()
+    plugin.write_text("def right(prompts, completions, answer, **kwargs):\n"
+                      "    return [float(c.strip() == a) for c, a in zip(completions, answer)]\n")
+    monkeypatch.chdir(tmp_path)
     steps, prompts = 10, 8
     config = load_config(None, {"max_steps": str(steps), "save_steps": "4", "data.eval_limit": "20",
                                 "rollout.prompts_per_step": str(prompts), "rollout.num_workers": "2",
                                 "cluster.placement": "spread", "cluster.worker_cpus": "0.5",
-                                "output_dir": str(tmp_path / "lost"), "logging.tensorboard": "false"})
+                                "rewards.funcs": f"[{plugin}:right]", "output_dir": "runs/lost",
+                                "logging.tensorboard": "false"})
     job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
+    assert run_dir == str(tmp_path / "runs" / "lost")  # made absolute: the driver runs elsewhere
     metrics = Path(run_dir) / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not metrics.exists() or len(read_metrics(metrics)) < 2:
@@ -178,11 +164,18 @@ def test_a_lost_worker_node_is_recovered_and_the_run_trains_every_scheduled_grou
     killed_at = len(read_metrics(metrics))
     launcher().stop(Path(cluster["state_dir"]), node=node_names[victims.pop()])
     out = io.StringIO()
-    jobs.logs(cluster["dashboard"], job, follow=True, out=out)
-    assert jobs.status(cluster["dashboard"], job)["status"] == "SUCCEEDED", out.getvalue()[-3000:]
+    jobs.logs(cluster["dashboard"], job, follow=True, out=out)  # returns when the job ends
+    state = jobs.status(cluster["dashboard"], job)
+    assert state["status"] == "SUCCEEDED", out.getvalue()[-3000:]
+    assert state["run_dir"] == run_dir and "run summary" in out.getvalue()
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert summary["steps"] == steps and (Path(run_dir) / "final" / "model.safetensors").is_file()
+    sent = __import__("yaml").safe_load((Path(run_dir) / "config.yaml").read_text())
+    assert sent["cluster"]["address"] == "auto" and sent["rewards"]["funcs"] == ["my_rewards.py:right"]
     rows = read_metrics(metrics)
     assert [m["step"] for m in rows] == list(range(1, steps + 1)) and killed_at < steps
     assert all(m["trained_groups"] == prompts for m in rows), [m["trained_groups"] for m in rows]
+    assert 0.0 < rows[0]["reward_mean"] < 1.0  # the plugin really scored
     failures = [json.loads(line) for line in (Path(run_dir) / "failures.jsonl").read_text().splitlines()]
     retries = [f for f in failures if f.get("kind") == "actor_retry" and f["actor"].startswith("rollout worker")]
     assert retries and any(f["restarted"] for f in retries), failures

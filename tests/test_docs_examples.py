@@ -1,7 +1,8 @@
 """Every code example of the docs runs, with small settings, so the docs cannot rot.
 
-* ``python``: run as a script of its own (a process of its own: its plugins register there), in a
-  fresh folder.
+* ``python``: run as a script, in a fresh folder: in this process (a trainer joins the suite's
+  Ray session), or in a process of its own when it registers plugins (``@rlkit.``), which would
+  stay registered here.
 * ``yaml``: an rlkit config (every top-level key a config section or key), loaded and validated
   as ``rlkit train that.yaml`` would.
 * ``bash``: each command through the CLI. ``rlkit train`` gets small settings unless the
@@ -14,6 +15,7 @@ counts are printed at the end of the session (``-s``) and checked here.
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,9 @@ def test_a_docs_example_runs(example, tmp_path, monkeypatch):
     if example.language == "python":
         script = tmp_path / "example.py"
         script.write_text(example.code)
+        if "@rlkit." not in example.code:
+            runpy.run_path(str(script), run_name="__main__")
+            return
         result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                                 timeout=600)
         assert result.returncode == 0, f"{example.name} failed:\n{result.stderr[-3000:]}"

@@ -67,6 +67,21 @@ def cluster(tmp_path_factory):
         pass  # nothing is left where the head node was
 
 
+def actors_once_training(cluster, job: str, metrics: Path, steps: int = 2) -> list:
+    """The job's live actors, from Ray's state API, once its run has logged ``steps`` steps."""
+    import time
+
+    from ray.util.state import list_actors
+
+    from rlkit.runs import read_metrics
+
+    deadline = time.monotonic() + 300
+    while not metrics.exists() or len(read_metrics(metrics)) < steps:
+        assert time.monotonic() < deadline and jobs.status(cluster["dashboard"], job)["status"] in ("PENDING", "RUNNING")
+        time.sleep(0.5)
+    return list_actors(address=cluster["dashboard"], filters=[("state", "=", "ALIVE")], limit=1000)
+
+
 def test_an_unknown_job_and_an_unreachable_cluster_are_named(cluster):
     from rlkit.config import ConfigError
 
@@ -89,9 +104,6 @@ def test_spread_places_ranks_and_workers_apart_and_rlkit_stop_checkpoints_the_jo
     """Two learner ranks and two rollout workers under cluster.placement spread: one of each per
     worker node, as Ray's state API reports it while the job runs. Then `rlkit stop`: the job
     finishes its step, checkpoints and says so, and the run resumes from the run folder."""
-    import time
-
-    from ray.util.state import list_actors
     from typer.testing import CliRunner
 
     from rlkit.cli import app
@@ -103,11 +115,7 @@ def test_spread_places_ranks_and_workers_apart_and_rlkit_stop_checkpoints_the_jo
                                 "output_dir": str(tmp_path / "spread"), "logging.tensorboard": "false"})
     job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
     metrics = Path(run_dir) / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not metrics.exists() or len(read_metrics(metrics)) < 2:
-        assert time.monotonic() < deadline and jobs.status(cluster["dashboard"], job)["status"] in ("PENDING", "RUNNING")
-        time.sleep(0.5)
-    alive = list_actors(address=cluster["dashboard"], filters=[("state", "=", "ALIVE")], limit=1000)
+    alive = actors_once_training(cluster, job, metrics)
     for cls in ("Learner", "RolloutWorker"):
         where = sorted(a.node_id for a in alive if a.class_name == cls)
         assert len(where) == 2 and where[0] != where[1], (cls, where)  # one per worker node
@@ -131,9 +139,7 @@ def test_a_submitted_run_survives_a_lost_worker_node_and_trains_every_scheduled_
     drain). Ray reschedules the worker's bundle on the surviving node, the fleet sends its lost call
     again, and the run trains every group it scheduled; failures.jsonl says what happened.
     Last in this module: the cluster has one worker node less afterwards."""
-    import time
-
-    from ray.util.state import list_actors, list_nodes
+    from ray.util.state import list_nodes
 
     from rlkit.runs import read_metrics
 
@@ -151,11 +157,7 @@ def test_a_submitted_run_survives_a_lost_worker_node_and_trains_every_scheduled_
     job, run_dir = jobs.submit(config, cluster["dashboard"], python=sys.executable, staging_root=tmp_path)
     assert run_dir == str(tmp_path / "runs" / "lost")  # made absolute: the driver runs elsewhere
     metrics = Path(run_dir) / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not metrics.exists() or len(read_metrics(metrics)) < 2:
-        assert time.monotonic() < deadline and jobs.status(cluster["dashboard"], job)["status"] in ("PENDING", "RUNNING")
-        time.sleep(0.5)
-    alive = list_actors(address=cluster["dashboard"], filters=[("state", "=", "ALIVE")], limit=1000)
+    alive = actors_once_training(cluster, job, metrics)
     learner_node = next(a.node_id for a in alive if a.class_name == "Learner")
     victims = {a.node_id for a in alive if a.class_name == "RolloutWorker"} - {learner_node}
     assert victims, "spread put no rollout worker apart from the learner"

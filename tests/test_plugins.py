@@ -134,9 +134,10 @@ def test_decorator_registers_and_refuses_a_second_plugin_under_the_same_name():
 @pytest.mark.slow
 def test_loose_file_multi_turn_environment_from_the_docs_trains(tmp_path):
     docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    example = docs.split("```python\nfrom rlkit.envs.base import Environment, StepResult\n", 1)[1].split("```", 1)[0]
+    head = "```python\nimport rlkit\nfrom rlkit.envs.base import Environment, StepResult\n"
+    example = head[len("```python\n"):] + docs.split(head, 1)[1].split("```", 1)[0]
     plugin = tmp_path / "games.py"
-    plugin.write_text("import rlkit\nfrom rlkit.envs.base import Environment, StepResult\n" + example)
+    plugin.write_text(example)  # the page's block as it stands
     run = tmp_path / "run"
     result = _rlkit("train", "--env.name", f"{plugin}:GuessTheNumber", "--objective.name", "trloo",
                     "--output_dir", str(run), *SMALL_RUN)

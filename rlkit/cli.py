@@ -248,6 +248,55 @@ def plot(run_dir: Path = typer.Argument(..., help="A run folder.")) -> None:
     console.print(f"wrote {out}")
 
 
+@app.command(name="sandbox-serve",
+             help="Serve the code sandbox over HTTP (the SandboxFusion protocol: POST /run_code; GET /health) "
+                  "until Ctrl-C, for clusters whose training nodes must not run model-written code; reward "
+                  "actors send programs to it with rlkit.sandbox_service.RemoteSandbox. Requests can lower "
+                  "the timeout and memory below these ceilings, never raise them.")
+def sandbox_serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface "
+                             "(the service runs whatever it is sent: expose it only to the cluster network)."),
+    port: int = typer.Option(8080, "--port", min=0, help="Port to listen on; 0 picks a free one (printed)."),
+    max_parallel: int = typer.Option(0, "--max-parallel", min=0, help="Programs run at once; more requests "
+                                     "wait their turn. 0: the CPU count."),
+    timeout_s: Optional[float] = typer.Option(None, "--timeout-s", min=0.001, help="Wall-clock ceiling per "
+                                              "program in seconds (default: the SandboxLimits default)."),
+    memory_mb: Optional[int] = typer.Option(None, "--memory-mb", min=64, help="Address-space ceiling per "
+                                            "program in MB (default: the SandboxLimits default)."),
+    max_body_mb: float = typer.Option(4.0, "--max-body-mb", min=0.001, help="Larger request bodies are "
+                                      "refused (HTTP 413)."),
+    require: Optional[str] = typer.Option(None, "--require", help="kernel: refuse to start without the "
+                                          "sandbox kernel boundary (bubblewrap + seccomp; the default on "
+                                          "Linux); any: accept the weaker layers."),
+) -> None:
+    import dataclasses
+    import logging
+    import time
+
+    from rlkit import sandbox
+    from rlkit.sandbox_service import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # one line per request
+    ceiling = {"timeout_s": timeout_s, "memory_mb": memory_mb}
+    try:
+        sandbox.configure(require=require)
+        limits = dataclasses.replace(sandbox.SandboxLimits(), **{k: v for k, v in ceiling.items() if v is not None})
+        server = serve(host, port, max_parallel=max_parallel or None, limits=limits,
+                       max_body_bytes=int(max_body_mb * 2**20))
+    except (ValueError, OSError, sandbox.SandboxUnavailable) as exc:
+        _fail(str(exc))
+    # whole lines (a supervisor or test reads the URL from the first one)
+    console.print(f"sandbox service on {server.url} (POST /run_code, GET /health)", markup=False, soft_wrap=True)
+    console.print(f"layers: {', '.join(server.layers)}; {server.config.max_parallel} runs at once; ceilings "
+                  f"{limits.timeout_s:g}s, {limits.memory_mb} MB", markup=False, soft_wrap=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.close()
+        console.print("stopped")
+
+
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 

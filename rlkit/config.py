@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ class PreferenceConfig:
     params: dict[str, Any] = _help("the loss's own fields (beta, sft_weight, label_rate...), written beside "
                                    "`loss` in YAML", default_factory=dict)
     pairs_per_step: int = _help("preference pairs per optimizer step", default=32)
-    epochs: float = _help("when > 0, train this many passes over the pairs (sets max_steps)", default=0.0)
+    epochs: float = _help("when > 0, train this many passes over the pairs (sets max_steps; a max_steps override wins)", default=0.0)
     max_length: int = _help(
         "tokens a pair may take, prompt + longer response + end token; longer pairs are refused by row "
         "number; 0 = the model's context (max_position_embeddings)", default=0)
@@ -222,6 +223,17 @@ class LoggingConfig:
     tensorboard: bool = _help("write TensorBoard event files under RUN/tb", default=True)
     progress: bool = _help("show a live progress bar", default=True)
     plot: bool = _help("write RUN/reward_curve.png at the end", default=True)
+
+
+@dataclass
+class SandboxConfig:
+    require: str = _help(
+        "kernel: model-written code runs only inside the kernel boundary (bubblewrap mount namespace + seccomp; "
+        "refused where missing); any: where the boundary is missing, fall back to namespaces, rlimits and the "
+        "audit hook (not a security boundary)", default="kernel" if sys.platform.startswith("linux") else "any")
+    url: str | None = _help(
+        "a sandbox service that runs the code instead of this machine (rlkit sandbox-serve, or a SandboxFusion "
+        "server: POST {url}/run_code)", default=None)
 
 
 @dataclass
@@ -272,7 +284,7 @@ class ClusterConfig:
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "env": EnvConfig, "data": DataConfig, "rewards": RewardsConfig,
     "rollout": RolloutConfig, "learner": LearnerConfig, "objective": ObjectiveConfig,
-    "logging": LoggingConfig, "cluster": ClusterConfig, "preference": PreferenceConfig,
+    "logging": LoggingConfig, "cluster": ClusterConfig, "preference": PreferenceConfig, "sandbox": SandboxConfig,
 }
 
 _TOP_LEVEL_HELP = {
@@ -314,6 +326,7 @@ class RLConfig:
     preference: PreferenceConfig = _help("offline preference training (trainer: preference)",
                                          default_factory=PreferenceConfig)
     cluster: ClusterConfig = _help("Ray", default_factory=ClusterConfig)
+    sandbox: SandboxConfig = _help("where and how model-written code runs", default_factory=SandboxConfig)
 
     def __init__(self, **kwargs: Any):
         for f in dataclasses.fields(RLConfig):
@@ -371,6 +384,8 @@ def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
     if isinstance(target, ObjectiveConfig) and path[0] not in ("name", "params"):
         target.params[".".join(path)] = value  # checked against the objective's own fields in validate()
         return
+    if isinstance(target, ObjectiveConfig) and path == ["name"] and value != target.name:
+        target.params = {}  # an earlier layer's fields belong to the objective this one replaces
     if isinstance(target, PreferenceConfig) and path[0] not in {f.name for f in dataclasses.fields(target)}:
         target.params[".".join(path)] = value  # checked against the loss's own fields in validate()
         return
@@ -387,7 +402,8 @@ def _set_path(target: Any, path: list[str], value: Any, source: str) -> None:
         if len(path) > 1:
             _set_path(current, path[1:], value, source)
         elif isinstance(value, dict):
-            for sub_key, sub_value in value.items():
+            # the objective's name first: its fields written before it in the mapping still belong to it
+            for sub_key, sub_value in sorted(value.items(), key=lambda item: str(item[0]) != "name"):
                 _set_path(current, [str(sub_key)], sub_value, source)
         elif dataclasses.is_dataclass(value) and type(value) is type(current):
             setattr(target, key, value)

@@ -106,7 +106,9 @@ class Registry(Generic[T]):
             try:
                 module = importlib.import_module(location)
             except ImportError as exc:
-                raise PluginNotFoundError(f"{self.kind} reference {ref!r}: {exc}") from exc
+                raise PluginNotFoundError(
+                    f"{self.kind} reference {ref!r}: {exc} (a module must be importable: installed, or its "
+                    f"folder on PYTHONPATH; name a loose file as path/to/file.py:{attr})") from exc
             origin = f"module {location}"
         if not hasattr(module, attr):
             close = difflib.get_close_matches(attr, [a for a in dir(module) if not a.startswith("_")])

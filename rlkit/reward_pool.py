@@ -56,16 +56,18 @@ class RewardScorer(Protocol):
 
 
 def build_reward_scorer(funcs: list[tuple[str, RewardFn | str | type]], weights: list[float] | None,
-                        rewards_config, *, cpus: float = 0.0, gpus: float = 0.0) -> RewardScorer:
+                        rewards_config, *, cpus: float = 0.0, gpus: float = 0.0, sandbox=None) -> RewardScorer:
     """The scorer ``rewards_config`` (a :class:`~rlkit.config.RewardsConfig`) asks for; each pool
-    actor reserves ``cpus`` and ``gpus`` (``cluster.reward_cpus``, ``cluster.reward_gpus``).
+    actor reserves ``cpus`` and ``gpus`` (``cluster.reward_cpus``, ``cluster.reward_gpus``) and
+    takes the run's ``sandbox`` policy (a :class:`~rlkit.config.SandboxConfig`; None: the defaults).
 
     ``funcs`` may hold plugin references and classes: they are resolved where the rewards run.
     """
     check_weights(weights, len(funcs))
     if rewards_config.num_workers >= 1 and ray.is_initialized():
         return RewardPool(funcs, weights, args=rewards_config.args, timeout_s=rewards_config.timeout_s,
-                          num_workers=rewards_config.num_workers, cpus=cpus, gpus=gpus)
+                          num_workers=rewards_config.num_workers, cpus=cpus, gpus=gpus,
+                          sandbox=(sandbox.require, sandbox.url) if sandbox is not None else (None, None))
     if rewards_config.num_workers >= 1:
         logger.info("no Ray session: rewards run in this process (as with rewards.num_workers=0)")
     return RewardRunner(resolve_reward_funcs(funcs, rewards_config.args), weights, timeout_s=rewards_config.timeout_s)
@@ -74,7 +76,11 @@ def build_reward_scorer(funcs: list[tuple[str, RewardFn | str | type]], weights:
 class RewardActor:
     """Holds the resolved reward functions; one call scores one function on one batch."""
 
-    def __init__(self, funcs: list[tuple[str, RewardFn | str | type]], args: dict[str, dict[str, Any]]):
+    def __init__(self, funcs: list[tuple[str, RewardFn | str | type]], args: dict[str, dict[str, Any]],
+                 sandbox: tuple[str | None, str | None] = (None, None)):
+        from rlkit.sandbox import configure
+
+        configure(*sandbox)  # the run's policy for code its rewards run (sandbox.require, sandbox.url)
         self.funcs = resolve_reward_funcs(funcs, args)
 
     def score(self, index: int, batch: RewardBatch) -> RewardScores:
@@ -100,7 +106,8 @@ class RewardPool:
 
     def __init__(self, funcs: list[tuple[str, RewardFn | str | type]], weights: list[float] | None = None, *,
                  args: dict[str, dict[str, Any]] | None = None, timeout_s: float | None = 30.0,
-                 num_workers: int = 1, cpus: float = 0.0, gpus: float = 0.0):
+                 num_workers: int = 1, cpus: float = 0.0, gpus: float = 0.0,
+                 sandbox: tuple[str | None, str | None] = (None, None)):
         self.names = [name for name, _ in funcs]
         self.weights = check_weights(weights, len(funcs))
         self.timeout_s = timeout_s if timeout_s and timeout_s > 0 else None
@@ -110,7 +117,7 @@ class RewardPool:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         self._actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(RewardActor).options(
             scheduling_strategy=here)
-        self._init_args = (list(funcs), dict(args or {}))
+        self._init_args = (list(funcs), dict(args or {}), tuple(sandbox))
         self._actors = [self._actor_class.remote(*self._init_args) for _ in range(min(num_workers, len(funcs)))]
         self._nodes: list[str] = self._wait_ready(self._actors)  # each actor's node, to tell a lost node apart
 

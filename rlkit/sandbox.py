@@ -2,50 +2,42 @@
 
 ``run_python(code, stdin=..., limits=SandboxLimits(...))`` runs ``code`` in a fresh interpreter
 (``python -I -S -B``: no site-packages, no environment variables read, no ``.pyc`` written)
-started in its own session, inside a temporary working directory that is deleted afterwards,
-and returns a :class:`SandboxResult` whose ``reason`` says why it did not succeed.
+started in its own session, and returns a :class:`SandboxResult` whose ``reason`` says why it
+did not succeed. ``isolation_layers(limits)`` says which layers a run gets on this machine.
 
-Layers, from the kernel up (``isolation_layers()`` says which ones this machine provides):
+Layers, from the kernel up:
 
-1. **Namespaces** (when ``unshare`` works here: as root, or where unprivileged user namespaces
-   are enabled): a new user, network, PID and IPC namespace. The network namespace has no
-   interface but a down loopback, so nothing can be reached; in the PID namespace no process
-   outside is visible, so none can be signalled, and when its first process dies the kernel kills
-   everything left in it. Where ``unshare`` fails (e.g. inside many containers) this layer is
-   simply skipped and the layers below remain.
+1. **The kernel boundary** (``bwrap`` from bubblewrap, plus ``pyseccomp``/libseccomp): a mount
+   namespace whose root holds only the interpreter and its standard library (read-only), the
+   system's shared libraries (read-only), a fresh ``/work`` tmpfs of ``disk_mb`` (the total disk
+   the program can use) and its own ``/proc`` and ``/dev`` (``rlkit/sandbox_bwrap.py``); uid 1000
+   in new user, PID, network, IPC, UTS and cgroup namespaces with every capability dropped; and a
+   system-call allow-list installed before the program runs (``rlkit/sandbox_seccomp.py``): no
+   new processes, no exec, no sockets but AF_UNIX, no ptrace, mount, bpf, kexec... This layer
+   holds against code that gets past everything above it in the interpreter (crafted bytecode,
+   an interpreter bug, ctypes).
+   Where bubblewrap or libseccomp is missing the run falls back to ``unshare`` namespaces (user,
+   network, PID, IPC; no mount namespace), or refuses to run when the policy requires the
+   boundary (``configure(require="kernel")``, the default on Linux; ``sandbox.require`` in a run's
+   config).
 2. **Resource limits**, set in the child before the program runs: CPU seconds (RLIMIT_CPU),
    address space (RLIMIT_AS), the size of any file written (RLIMIT_FSIZE), open files
-   (RLIMIT_NOFILE), no core dumps, and, when not running as root, RLIMIT_NPROC = 0: the child
-   cannot create any process or thread (the limit counts all processes of the user, so 0 is the
-   only value that is safe whatever else the user runs; root ignores it).
+   (RLIMIT_NOFILE), no core dumps, and, when not running as root, RLIMIT_NPROC = 0.
 3. **An audit hook** (``sys.addaudithook``, which code cannot remove once installed), installed
    before the program runs. On the first forbidden event it reports the reason and ends the
-   process with ``os._exit`` (so ``try/except`` cannot swallow it): any socket but an AF_UNIX
-   pair (asyncio needs one), and any connect, bind or name lookup; process creation
-   (``os.fork``, ``os.exec*``, ``os.posix_spawn``, ``os.system``, ``subprocess``); signals to
-   other processes (``os.kill``, ``os.killpg``); ctypes and ``_ctypes`` (native code); opening
-   a file for writing, or removing, renaming, creating or chmod-ing a path, outside the working
-   directory; links; reading files outside the working directory, the standard library and a few
-   harmless files (/dev/null, /dev/urandom, time zones); raising resource limits; tracing and
-   garbage-collector introspection (ways to reach the hook's own state). Functions the hook
-   cannot see but could harm others (``os.mknod``, ``os.setpriority``, ``os.sched_set*``,
-   ``os.pidfd_open``, ``signal.pidfd_send_signal``) are deleted before the program runs, and
-   ``_posixsubprocess.fork_exec`` is replaced by a function the guard refuses. Only the standard
-   library can be imported (``-S``).
+   process with ``os._exit`` (so ``try/except`` cannot swallow it): sockets but an AF_UNIX pair,
+   connect, bind, name lookups; process creation; signals to other processes; ctypes; writes,
+   removals, renames and chmods outside the working directory; links; reads outside the working
+   directory and the standard library; raising limits; tracing and introspection. Functions the
+   hook cannot see (``os.mknod``, ``os.setpriority``, ``os.pidfd_open``...) are deleted first.
+   It names what was tried, which the kernel's bare ``EPERM`` does not; on its own (without the
+   boundary) it is a guard against what model-written code does, not a security boundary.
 4. **The parent** enforces the wall-clock timeout and the output cap (it reads the pipes as
    they fill and kills the whole process group once ``max_output_bytes`` is passed), passes a
-   scrubbed environment (PATH, locale, HOME and TMPDIR pointing at the working directory), and
-   deletes the temporary directory in all cases.
+   scrubbed environment, and deletes its temporary files in all cases.
 
-What this is not: the audit hook is a guard inside the same interpreter, written against what
-model-written code does; it is not a security boundary against a person set on escaping. Python
-code can still reach native code through paths no audit event covers (hand-made bytecode loaded
-with ``marshal``, interpreter bugs), and past the hook only the kernel layers remain, which
-without namespaces and as root are just the resource limits. Reads are checked against the path
-as written (symlinks already present under the allowed directories are followed). Disk use inside
-the working directory is bounded per file, not in total. As root, RLIMIT_NPROC is ignored by the
-kernel, so a fork that gets past the hook is contained only by the PID namespace and the timeout.
-Run untrusted code on machines (or containers/VMs) that hold nothing you cannot afford to lose.
+``configure(url=...)`` (``sandbox.url``) sends every run to a remote sandbox service instead
+(``rlkit/sandbox_service.py``), for clusters whose nodes should not run untrusted code at all.
 """
 
 from __future__ import annotations
@@ -63,6 +55,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlkit.sandbox_bwrap import WORKDIR
+from rlkit.sandbox_types import SandboxLimits, SandboxResult, SandboxUnavailable  # noqa: F401 (public here)
+
 #: exit status the child uses when the guard stops it (the reason goes through the report pipe);
 #: sandbox_child.py writes it as a literal so the program cannot rebind it
 GUARD_EXIT = 113
@@ -73,36 +68,30 @@ _CHILD = Path(__file__).with_name("sandbox_child.py").read_text(encoding="utf-8"
 
 
 @dataclass(frozen=True)
-class SandboxLimits:
-    """What one run may use. Every field has a default that suits short test programs."""
+class SandboxPolicy:
+    """Process-wide: what runs require, and where they go (``configure``)."""
 
-    timeout_s: float = 5.0  # wall clock, from start to exit; the process group is killed after it
-    cpu_s: float | None = None  # CPU seconds (RLIMIT_CPU); None: the wall-clock timeout, rounded up
-    memory_mb: int = 512  # address space (RLIMIT_AS); the interpreter itself needs ~30 MB
-    max_output_bytes: int = 1_000_000  # stdout and stderr together; the run is killed past it
-    max_file_bytes: int = 10_000_000  # the largest file the program may write (RLIMIT_FSIZE)
-    max_open_files: int = 64  # RLIMIT_NOFILE
-    use_namespaces: bool = True  # new user/net/pid/ipc namespaces when ``unshare`` works here
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or (self.cpu_s is not None and self.cpu_s <= 0):
-            raise ValueError("sandbox timeout_s and cpu_s must be positive")
-        if self.memory_mb < 64:
-            raise ValueError(f"sandbox memory_mb must be at least 64 (the interpreter needs ~30 MB), got {self.memory_mb}")
-        if self.max_output_bytes < 1 or self.max_file_bytes < 0 or self.max_open_files < 8:
-            raise ValueError("sandbox max_output_bytes must be >= 1, max_file_bytes >= 0, max_open_files >= 8")
+    require: str = "kernel" if sys.platform.startswith("linux") else "any"  # "kernel" or "any"
+    url: str | None = None  # a sandbox service (rlkit/sandbox_service.py); None: run here
 
 
-@dataclass
-class SandboxResult:
-    ok: bool  # exited with status 0 and no limit or guard stopped it
-    exit_code: int  # negative: killed by that signal (as in subprocess)
-    stdout: str  # at most max_output_bytes (together with stderr), decoded with replacement
-    stderr: str
-    reason: str  # "" when ok; else e.g. "timeout after 2s", "blocked: network (socket.__new__)"
-    violation: bool  # the sandbox stopped it (limit, guard, signal), as opposed to failing by itself
-    duration_s: float
-    workdir: str  # the temporary working directory, already deleted
+_policy = SandboxPolicy()
+REQUIRE_CHOICES = ("kernel", "any")
+
+
+def configure(require: str | None = None, url: str | None = None) -> SandboxPolicy:
+    """Set this process's policy (a run's ``sandbox`` config section does it in every actor)."""
+    global _policy
+    require = require or SandboxPolicy().require
+    if require not in REQUIRE_CHOICES:
+        raise ValueError(f"sandbox.require: {require!r} is not one of {', '.join(REQUIRE_CHOICES)}")
+    _policy = SandboxPolicy(require=require, url=url or None)
+    return _policy
+
+
+def policy() -> SandboxPolicy:
+    """This process's policy."""
+    return _policy
 
 
 @dataclass
@@ -118,45 +107,119 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits | None = Non
     """Run ``code`` as a program in the sandbox and wait for it (at most ``limits.timeout_s``).
 
     ``stdin`` is the program's standard input; ``python`` the interpreter (default: this one).
+    With a service configured (``configure(url=...)``) the run goes there instead. Raises
+    :class:`SandboxUnavailable` when the policy requires the kernel boundary and it is missing here.
     """
     limits = limits or SandboxLimits()
+    if _policy.url and python is None:
+        from rlkit.sandbox_client import RemoteSandbox
+
+        return RemoteSandbox(_policy.url).run_python(code, stdin=stdin, limits=limits)
     python = python or sys.executable
+    kernel = use_kernel_boundary(limits, python)
     base = os.path.realpath(tempfile.mkdtemp(prefix="rlkit-sandbox-"))
-    workdir = os.path.join(base, "work")
+    workdir = WORKDIR if kernel else os.path.join(base, "work")
     started = time.monotonic()
     try:
-        os.mkdir(workdir, 0o700)
-        program = os.path.join(base, "program.py")
-        with open(program, "w", encoding="utf-8") as f:
-            f.write(code)
+        if not kernel:
+            os.mkdir(workdir, 0o700)
+        program_fd = _readable_fd(os.path.join(base, "program.py"), code.encode("utf-8", "surrogatepass"))  # unlinked: only the fd is left
         stdin_path = os.path.join(base, "stdin")
         with open(stdin_path, "w", encoding="utf-8") as f:
             f.write(stdin)
-        collected, returncode = _execute(python, workdir, program, stdin_path, limits, started)
+        try:
+            collected, returncode = _execute(python, kernel, base, workdir, program_fd, stdin_path, limits, started)
+        finally:
+            os.close(program_fd)
     finally:
         _remove_tree(base)
-    return _result(collected, returncode, limits, time.monotonic() - started, workdir)
+    # the host folder names the run (a kernel run's /work lived only in its own mount namespace)
+    return _result(collected, returncode, limits, time.monotonic() - started, base if kernel else workdir)
 
 
-def _execute(python: str, workdir: str, program: str, stdin_path: str, limits: SandboxLimits,
-             started: float) -> tuple[_Collected, int]:
-    prefix = namespace_prefix(python) if limits.use_namespaces else ()
+def _readable_fd(path: str, data: bytes) -> int:
+    """A read-only descriptor of ``data``, its file already removed."""
+    with open(path, "wb") as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDONLY)
+    os.remove(path)
+    return fd
+
+
+def use_kernel_boundary(limits: SandboxLimits, python: str | None = None) -> bool:
+    """Whether a run with ``limits`` gets the kernel boundary; raises :class:`SandboxUnavailable`
+    when the policy (or ``limits.kernel=True``) requires it and it is missing here."""
+    if limits.kernel is False:
+        return False
+    missing = kernel_boundary_missing(python or sys.executable)
+    if not missing:
+        return True
+    if limits.kernel or _policy.require == "kernel":
+        raise SandboxUnavailable(
+            f"the sandbox's kernel boundary is not available here: {missing}. Install bubblewrap "
+            "(Debian/Ubuntu: apt-get install bubblewrap) and pyseccomp (pip install pyseccomp; it needs "
+            "libseccomp2), or accept the weaker layers with sandbox.require: any")
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_boundary_missing(python: str) -> str:
+    """Why the kernel boundary cannot run here ("" when it can): tried once per interpreter."""
+    from rlkit import sandbox_bwrap, sandbox_seccomp
+
+    if not sys.platform.startswith("linux"):
+        return f"it needs Linux namespaces and seccomp (this is {sys.platform})"
+    if sandbox_bwrap.find_bwrap() is None:
+        return "bwrap (bubblewrap) is not on PATH"
+    if not sandbox_seccomp.available():
+        return "pyseccomp or libseccomp.so.2 cannot be loaded"
+    try:
+        layout = sandbox_bwrap.interpreter_layout(python)
+        filter_bytes = sandbox_seccomp.filter_program()
+        probe = subprocess.run([*sandbox_bwrap.command(layout, 2**20), layout.python, "-I", "-S", "-c", "pass"],
+                               capture_output=True, timeout=30, env=_child_env("/"))
+    except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as exc:
+        return f"bwrap could not be started ({exc})"
+    if probe.returncode != 0 or not filter_bytes:
+        return "bwrap fails here: " + (probe.stderr.decode("utf-8", "replace").strip()[-300:] or
+                                       f"exit status {probe.returncode}")
+    return ""
+
+
+def _execute(python: str, kernel: bool, base: str, workdir: str, program_fd: int, stdin_path: str,
+             limits: SandboxLimits, started: float) -> tuple[_Collected, int]:
     report_read, report_write = os.pipe()
+    keep = [report_write, program_fd]
+    seccomp_fd = -1
+    if kernel:
+        from rlkit import sandbox_bwrap, sandbox_seccomp
+
+        layout = sandbox_bwrap.interpreter_layout(python)
+        prefix: tuple[str, ...] = tuple(sandbox_bwrap.command(layout, limits.disk_mb * 2**20))
+        child_python = layout.python
+        seccomp_fd = _readable_fd(os.path.join(base, "filter.bpf"), sandbox_seccomp.filter_program())
+        keep.append(seccomp_fd)
+    else:
+        prefix = namespace_prefix(python) if limits.use_namespaces else ()
+        child_python = python
     cpu_s = max(1, math.ceil(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s))
     wall_s = math.ceil(limits.timeout_s) + 2  # the child's own SIGALRM, in case this process dies first
-    args = [str(report_write), workdir, program, str(cpu_s), str(wall_s), str(limits.memory_mb * 2**20),
+    args = [str(report_write), workdir, str(program_fd), str(cpu_s), str(wall_s), str(limits.memory_mb * 2**20),
             str(limits.max_file_bytes), str(limits.max_open_files), "1" if os.geteuid() != 0 else "0",
-            "1" if prefix else "0"]
+            "1" if prefix else "0", str(seccomp_fd), "1" if limits.audit_hook else "0", base]  # base: names the run
     try:
         with open(stdin_path, "rb") as stdin:
-            proc = subprocess.Popen([*prefix, python, "-I", "-S", "-B", "-X", "utf8", "-c", _CHILD, *args],
-                                    stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
-                                    env=_child_env(workdir), pass_fds=(report_write,), start_new_session=True)
+            proc = subprocess.Popen([*prefix, child_python, "-I", "-S", "-B", "-X", "utf8", "-c", _CHILD, *args],
+                                    stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=base if kernel else workdir, env=_child_env(workdir),
+                                    pass_fds=tuple(keep), start_new_session=True)
     except BaseException:
         os.close(report_read)
         raise
     finally:
         os.close(report_write)
+        if seccomp_fd >= 0:
+            os.close(seccomp_fd)
     try:
         collected = _collect(proc, report_read, limits, started + limits.timeout_s)
         returncode = _wait(proc, collected, limits, started + limits.timeout_s)
@@ -302,13 +365,22 @@ def namespace_prefix(python: str | None = None) -> tuple[str, ...]:
     return ()
 
 
-def isolation_layers(python: str | None = None) -> tuple[str, ...]:
-    """The layers a run gets on this machine, for logs and docs: namespaces, rlimits, audit hook."""
-    prefix = namespace_prefix(python)
+def isolation_layers(limits: SandboxLimits | None = None, python: str | None = None) -> tuple[str, ...]:
+    """The layers a run with ``limits`` gets on this machine, for logs and docs (raises
+    :class:`SandboxUnavailable` as a run would, when the boundary is required and missing)."""
+    limits = limits or SandboxLimits()
+    if _policy.url and python is None:
+        return (f"service({_policy.url})",)
+    python = python or sys.executable
     layers = []
-    if prefix:
+    if use_kernel_boundary(limits, python):
+        layers += ["mount-namespace(/opt/python ro, /usr/lib ro, /work tmpfs %dMB)" % limits.disk_mb,
+                   "namespaces(user,pid,net,ipc,uts,cgroup)", "uid-1000,no-capabilities", "seccomp"]
+    elif limits.use_namespaces and namespace_prefix(python):
+        prefix = namespace_prefix(python)
         kinds = [flag[2:] for flag in prefix if flag in ("--user", "--net", "--pid", "--ipc")]
         layers.append("namespaces(" + ",".join(kinds) + ")")
     layers.append("rlimits" + ("" if os.geteuid() == 0 else "+nproc"))
-    layers.append("audit-hook")
+    if limits.audit_hook:
+        layers.append("audit-hook")
     return tuple(layers)

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple] = {
     "cluster.weight_sync": ("auto", "object_store", "broadcast"),
     "cluster.placement": ("default", "pack", "spread"),
     "rollout.sampler": ("flat", "entropy_tree"),
+    "sandbox.require": ("kernel", "any"),
     "rollout.fork_entropy": ("shannon", "surprisal"),
 }
 
@@ -58,6 +59,8 @@ def load_config(config_file: str | Path | None = None, overrides: dict[str, str]
     if config_file:
         apply_mapping(config, normalize_objective(read_yaml(config_file)), str(config_file))
     apply_overrides(config, overrides or {})
+    if "max_steps" in (overrides or {}) and "preference.epochs" not in (overrides or {}):
+        config.preference.epochs = 0.0  # a max_steps on the command line wins over a recipe's epochs
     validate(config)
     return config
 

@@ -4,6 +4,8 @@ An example is a fenced block of ``python``, ``bash`` or ``yaml`` in a page under
 generated reference pages aside). A block is not run only when the line before its fence says
 why: ``<!-- not run: downloads a 7B model -->``; the test counts and prints those. A ``bash``
 block followed by a ``text`` block is an error example: the text is what the last command prints.
+A ``python`` block whose first line is a file name (``# my_rewards.py``) is also that file, written
+beside the page's ``bash`` examples, which name it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ GENERATED = {"config.md", "reference/cli.md", "reference/api.md"}
 LANGUAGES = ("python", "bash", "yaml")
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.+?)\s*-->$")
 FENCE = re.compile(r"^(\s*)```(\w*)")
+FILE_NAME = re.compile(r"^#\s*([\w./-]+\.py)\s*$")
 
 
 @dataclass
@@ -34,6 +37,12 @@ class Example:
     @property
     def name(self) -> str:
         return f"{self.page}:{self.line}"
+
+    @property
+    def file_name(self) -> str | None:
+        """The file this python block is, when its first line names one (``# my_rewards.py``)."""
+        match = FILE_NAME.match(self.code.splitlines()[0]) if self.language == "python" and self.code else None
+        return match.group(1) if match else None
 
 
 def pages() -> list[Path]:

@@ -33,6 +33,19 @@ def test_precedence_defaults_recipe_file_overrides(tmp_path):
     assert config.objective.params["beta"] == 0.02
 
 
+def test_switching_the_objective_drops_the_fields_of_the_one_it_replaces(tmp_path):
+    # ftis-arith sets truncation and filter_threshold, which grpo does not have
+    config = load_config(None, {"objective.name": "grpo"}, recipe="ftis-arith")
+    assert config.objective.name == "grpo" and config.objective.params == {}
+    # the same name again keeps them; fields given with the new name are kept
+    assert load_config(None, {"objective.name": "ftis"}, recipe="ftis-arith").objective.params["truncation"] == 2.0
+    config = load_config(None, {"objective.name": "grpo", "objective.beta": "0.1"}, recipe="ftis-arith")
+    assert config.objective.params == {"beta": 0.1}
+    # in a YAML mapping the name counts first, wherever it is written
+    path = write(tmp_path, "objective:\n  truncation: 3.0\n  name: ftis\n")
+    assert load_config(path).objective.params == {"truncation": 3.0}
+
+
 def test_exponent_floats_are_read_as_numbers_where_a_float_is_expected():
     # YAML 1.1 reads "3e-4" (no dot) as a string; a float field still takes it, a str field keeps it
     config = load_config(None, {"learner.learning_rate": "3e-4", "objective.epsilon": "2E-1",

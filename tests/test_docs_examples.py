@@ -7,7 +7,8 @@
   as ``rlkit train that.yaml`` would.
 * ``bash``: each command through the CLI. ``rlkit train`` gets small settings unless the
   example sets them (``--max_steps 2``, no saves, 8 evaluation rows, no progress bar or plots);
-  an example followed by a ``text`` block must fail with that message.
+  an example followed by a ``text`` block must fail with that message. The page's file blocks
+  (``# my_rewards.py``) are written beside it first.
 
 A block that cannot run here says why on the line before it (``<!-- not run: ... -->``). The
 counts are printed at the end of the session (``-s``) and checked here.
@@ -41,7 +42,14 @@ def test_examples_are_found_and_every_one_not_run_says_why():
     assert len(RUN) >= 30 and all(e.not_run.strip() for e in skipped)
 
 
-@pytest.mark.parametrize("example", RUN, ids=[e.name for e in RUN])
+def _names_a_loose_file(example) -> bool:
+    """A command naming a page's file (``my_rewards.py:brevity``): its actors must start in the
+    example's folder to find it, so it gets a Ray session of its own (started by the command)."""
+    return example.language == "bash" and any(".py:" in word for words in example.commands for word in words)
+
+
+@pytest.mark.parametrize("example", [pytest.param(e, marks=pytest.mark.own_ray) if _names_a_loose_file(e) else e
+                                     for e in RUN], ids=[e.name for e in RUN])
 def test_a_docs_example_runs(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if example.language == "python":
@@ -56,6 +64,8 @@ def test_a_docs_example_runs(example, tmp_path, monkeypatch):
     elif example.language == "yaml":
         check_config(example, tmp_path)
     else:
+        for page_file in (e for e in ALL if e.page == example.page and e.file_name):
+            Path(page_file.file_name).write_text(page_file.code)
         run_commands(example)
 
 

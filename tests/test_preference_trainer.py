@@ -144,7 +144,8 @@ def test_arith_pairs_flip_the_asked_share_and_keep_held_out_pairs_clean():
 
 def test_rlkit_train_runs_a_preference_recipe(tmp_path):
     out = tmp_path / "cli-run"
-    args = ["train", "--recipe", "power-dl-arith", "--max_steps", "2", "--preference.epochs", "0",
+    # --max_steps on the command line wins over the recipe's preference.epochs
+    args = ["train", "--recipe", "power-dl-arith", "--max_steps", "2",
             "--save_steps", "1", "--output_dir", str(out), "--logging.progress", "false",
             "--preference.eval_generation", "false", "--env.args.train_size", "100"]
     result = CliRunner().invoke(app, args)

@@ -20,7 +20,7 @@ LIMITS = SandboxLimits(timeout_s=30.0)
 
 def run(code: str, **kwargs):
     result = run_python(code, limits=kwargs.pop("limits", LIMITS), **kwargs)
-    assert not os.path.exists(os.path.dirname(result.workdir)), "the temporary directory must be deleted"
+    assert not os.path.exists(result.workdir), "the temporary directory must be deleted"
     assert _gone_soon(result.workdir), "nothing of the run may outlive it"
     return result
 

@@ -24,6 +24,7 @@ from rlkit.reward_runner import RewardFn
 from rlkit.rollout.engines import Engine, Request, SamplingParams, build_engine, generate
 from rlkit.rollout.episodes import EpisodeRunner
 from rlkit.rollout.tree import TreeShape, grow_trees
+from rlkit.sandbox import configure as configure_sandbox
 
 
 class RolloutWorker:
@@ -40,16 +41,19 @@ class RolloutWorker:
         self.tokenizer = load_tokenizer(config.model)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.engine: Engine = build_engine(config, self.device)
+        configure_sandbox(config.sandbox.require, config.sandbox.url)  # environments may run code here
         # plugin references are resolved where the rewards run (the reward actors, or here)
         self.rewards = None  # multi-turn environments score their own turns
         if reward_funcs:
             self.rewards = build_reward_scorer(reward_funcs, config.rewards.weights, config.rewards,
-                                               cpus=config.cluster.reward_cpus, gpus=config.cluster.reward_gpus)
+                                               cpus=config.cluster.reward_cpus, gpus=config.cluster.reward_gpus,
+                                               sandbox=config.sandbox)
         # evaluation may score otherwise (label-free training still evaluates against answers)
         self.eval_rewards = self.rewards
         if eval_reward_funcs:
             self.eval_rewards = build_reward_scorer(eval_reward_funcs, None, config.rewards,
-                                                    cpus=config.cluster.reward_cpus, gpus=config.cluster.reward_gpus)
+                                                    cpus=config.cluster.reward_cpus, gpus=config.cluster.reward_gpus,
+                                                    sandbox=config.sandbox)
         rollout = config.rollout
         self.tree = None  # ETTRL's entropy-forked trees (rlkit/rollout/tree.py)
         if rollout.sampler == "entropy_tree":

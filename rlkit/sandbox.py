@@ -9,7 +9,7 @@ Layers, from the kernel up:
 
 1. **The kernel boundary** (``bwrap`` from bubblewrap, plus ``pyseccomp``/libseccomp): a mount
    namespace whose root holds only the interpreter and its standard library (read-only), the
-   system's shared libraries (read-only), a fresh ``/work`` tmpfs of ``disk_mb`` (the total disk
+   system's shared libraries (read-only), a fresh ``/sandbox`` tmpfs of ``disk_mb`` (the total disk
    the program can use) and its own ``/proc`` and ``/dev`` (``rlkit/sandbox_bwrap.py``); uid 1000
    in new user, PID, network, IPC, UTS and cgroup namespaces with every capability dropped; and a
    system-call allow-list installed before the program runs (``rlkit/sandbox_seccomp.py``): no
@@ -100,6 +100,7 @@ class _Collected:
     stderr: bytearray
     report: bytearray
     stopped: str  # why the parent killed it, "" if it did not
+    out_of_memory: bool = False  # its cgroup's memory limit killed a task of it
 
 
 def run_python(code: str, *, stdin: str = "", limits: SandboxLimits | None = None,
@@ -133,7 +134,7 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits | None = Non
             os.close(program_fd)
     finally:
         _remove_tree(base)
-    # the host folder names the run (a kernel run's /work lived only in its own mount namespace)
+    # the host folder names the run (a kernel run's /sandbox lived only in its own mount namespace)
     return _result(collected, returncode, limits, time.monotonic() - started, base if kernel else workdir)
 
 
@@ -191,11 +192,20 @@ def _execute(python: str, kernel: bool, base: str, workdir: str, program_fd: int
     report_read, report_write = os.pipe()
     keep = [report_write, program_fd]
     seccomp_fd = -1
+    cgroup = hold = None
     if kernel:
-        from rlkit import sandbox_bwrap, sandbox_seccomp
+        from rlkit import sandbox_bwrap, sandbox_cgroup, sandbox_seccomp
 
         layout = sandbox_bwrap.interpreter_layout(python)
-        prefix: tuple[str, ...] = tuple(sandbox_bwrap.command(layout, limits.disk_mb * 2**20))
+        # memory in all: what it holds and what it wrote to its tmpfs, plus the interpreter's own
+        cgroup = sandbox_cgroup.acquire((limits.memory_mb + limits.disk_mb + 64) * 2**20,
+                                        limits.max_tasks) if limits.cgroup else None
+        extra: tuple[str, ...] = ()
+        if cgroup is not None:
+            hold = _StartGate()
+            extra = ("--info-fd", str(hold.info_write), "--block-fd", str(hold.block_read))
+            keep += [hold.info_write, hold.block_read]
+        prefix: tuple[str, ...] = tuple(sandbox_bwrap.command(layout, limits.disk_mb * 2**20, extra))
         child_python = layout.python
         seccomp_fd = _readable_fd(os.path.join(base, "filter.bpf"), sandbox_seccomp.filter_program())
         keep.append(seccomp_fd)
@@ -215,12 +225,19 @@ def _execute(python: str, kernel: bool, base: str, workdir: str, program_fd: int
                                     pass_fds=tuple(keep), start_new_session=True)
     except BaseException:
         os.close(report_read)
+        if hold is not None:
+            hold.close()
+        if cgroup is not None:
+            sandbox_cgroup.release(cgroup)
         raise
     finally:
         os.close(report_write)
         if seccomp_fd >= 0:
             os.close(seccomp_fd)
+    out_of_memory = False
     try:
+        if hold is not None:
+            hold.start_in(cgroup, started + limits.timeout_s)
         collected = _collect(proc, report_read, limits, started + limits.timeout_s)
         returncode = _wait(proc, collected, limits, started + limits.timeout_s)
     finally:
@@ -228,7 +245,53 @@ def _execute(python: str, kernel: bool, base: str, workdir: str, program_fd: int
         for stream in (proc.stdout, proc.stderr):
             stream.close()
         os.close(report_read)
+        if hold is not None:
+            hold.close()
+        if cgroup is not None:
+            out_of_memory = cgroup.oom_killed()
+            sandbox_cgroup.release(cgroup)
+    collected.out_of_memory = out_of_memory
     return collected, returncode
+
+
+class _StartGate:
+    """bubblewrap tells the sandboxed process's pid (``--info-fd``) and holds it (``--block-fd``)
+    until it is in its cgroup: nothing of the program's runs outside it."""
+
+    def __init__(self) -> None:
+        self.info_read, self.info_write = os.pipe()
+        self.block_read, self.block_write = os.pipe()
+        self._open = [self.info_read, self.info_write, self.block_read, self.block_write]
+
+    def start_in(self, cgroup, deadline: float) -> None:
+        import json
+
+        for fd in (self.info_write, self.block_read):  # the child's ends, now that it has them
+            self._close(fd)
+        text = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.info_read, selectors.EVENT_READ)
+            while b"}" not in text and time.monotonic() < deadline:
+                if selector.select(max(0.0, deadline - time.monotonic())):
+                    chunk = os.read(self.info_read, 4096)
+                    if not chunk:
+                        break
+                    text += chunk
+        try:
+            pid = int(json.loads(text.decode())["child-pid"])
+        except (ValueError, KeyError):
+            return  # bwrap failed before starting it: it reports that itself
+        cgroup.add(pid)
+        os.write(self.block_write, b"1")
+
+    def _close(self, fd: int) -> None:
+        if fd in self._open:
+            self._open.remove(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in list(self._open):
+            self._close(fd)
 
 
 def _child_env(workdir: str) -> dict[str, str]:
@@ -297,13 +360,13 @@ def _result(got: _Collected, returncode: int, limits: SandboxLimits, duration: f
         if note.startswith("status signal "):  # relayed by the PID-namespace init
             returncode = -int(note.split()[-1])
     notes = [n for n in notes if n and not n.startswith("status ")]
-    reason, violation = _reason(got.stopped, notes, returncode, stderr, limits, duration)
+    reason, violation = _reason(got.stopped, notes, returncode, stderr, limits, duration, got.out_of_memory)
     return SandboxResult(ok=not reason, exit_code=returncode, stdout=stdout, stderr=stderr, reason=reason,
                          violation=violation, duration_s=duration, workdir=workdir)
 
 
 def _reason(stopped: str, notes: list[str], returncode: int, stderr: str, limits: SandboxLimits,
-            duration: float) -> tuple[str, bool]:
+            duration: float, out_of_memory: bool = False) -> tuple[str, bool]:
     """(reason, violation): the parent's own kill first, then what the child reported, then the status."""
     if stopped:
         return stopped, True
@@ -312,6 +375,8 @@ def _reason(stopped: str, notes: list[str], returncode: int, stderr: str, limits
     if returncode == 0:
         return "", False
     cpu_s = max(1, math.ceil(limits.cpu_s if limits.cpu_s is not None else limits.timeout_s))
+    if returncode == -signal.SIGKILL and out_of_memory:
+        return "memory limit (cgroup)", True
     if returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and duration >= cpu_s):
         return f"cpu time limit ({cpu_s}s)", True
     if returncode < 0:
@@ -374,8 +439,12 @@ def isolation_layers(limits: SandboxLimits | None = None, python: str | None = N
     python = python or sys.executable
     layers = []
     if use_kernel_boundary(limits, python):
-        layers += ["mount-namespace(/opt/python ro, /usr/lib ro, /work tmpfs %dMB)" % limits.disk_mb,
+        from rlkit import sandbox_cgroup
+
+        layers += ["mount-namespace(/opt/python ro, /usr/lib ro, /sandbox tmpfs %dMB)" % limits.disk_mb,
                    "namespaces(user,pid,net,ipc,uts,cgroup)", "uid-1000,no-capabilities", "seccomp"]
+        if limits.cgroup and sandbox_cgroup.available():
+            layers.append(sandbox_cgroup.available())
     elif limits.use_namespaces and namespace_prefix(python):
         prefix = namespace_prefix(python)
         kinds = [flag[2:] for flag in prefix if flag in ("--user", "--net", "--pid", "--ipc")]

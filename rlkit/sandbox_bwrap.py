@@ -6,7 +6,7 @@ Inside, the program sees a root file system that holds only:
   ``site-packages`` hidden under an empty tmpfs (the child runs ``python -I -S``);
 * ``/usr/lib`` (and ``/lib``, ``/lib64`` as on the host): the shared libraries the interpreter and
   its extension modules link against, read-only;
-* ``/work``: a fresh tmpfs of ``SandboxLimits.disk_mb``, the working directory, the only place it
+* ``/sandbox``: a fresh tmpfs of ``SandboxLimits.disk_mb``, the working directory, the only place it
   can write;
 * ``/proc`` of its own PID namespace, a minimal ``/dev`` (null, zero, random, urandom, tty) and
   ``/usr/share/zoneinfo`` (time zones).
@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass
 
 SANDBOX_PREFIX = "/opt/python"
-WORKDIR = "/work"
+WORKDIR = "/sandbox"  # a name no host path it could be confused with (the hook's checks) starts with
 UID = 1000
 
 
@@ -71,8 +71,8 @@ def interpreter_layout(python: str) -> InterpreterLayout:
     return InterpreterLayout(**json.loads(out.stdout))
 
 
-def command(layout: InterpreterLayout, disk_bytes: int, keep_fds: tuple[int, ...] = ()) -> list[str]:
-    """``bwrap ... --`` for one run; the interpreter's own arguments follow it."""
+def command(layout: InterpreterLayout, disk_bytes: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """``bwrap ... --`` for one run (``extra``: more bwrap options); the interpreter's own arguments follow it."""
     args = [find_bwrap() or "bwrap", "--unshare-all", "--unshare-user", "--uid", str(UID), "--gid", str(UID),
             "--hostname", "sandbox", "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv"]
     args += _system_libraries()
@@ -91,8 +91,7 @@ def command(layout: InterpreterLayout, disk_bytes: int, keep_fds: tuple[int, ...
     for name, value in (("HOME", WORKDIR), ("TMPDIR", WORKDIR), ("LANG", "C.UTF-8"), ("LC_ALL", "C.UTF-8"),
                         ("PATH", "/usr/bin:/bin")):
         args += ["--setenv", name, value]
-    del keep_fds  # inherited descriptors pass through bwrap as they are
-    return args + ["--"]
+    return args + list(extra) + ["--"]  # inherited descriptors pass through bwrap as they are
 
 
 def _system_libraries() -> list[str]:

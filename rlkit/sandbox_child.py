@@ -110,7 +110,9 @@ def _path_checks(workdir, read_roots, read_files, deny):
         where = absolute(path)
         if where is None:
             deny("write outside work dir", "open of something that is not a path")
-        if writing and not str_.startswith(where, inside):
+        # the work dir itself: a directory opens for writing only as O_TMPFILE, an unnamed file in it
+        # (tempfile.TemporaryFile; its io.open event shows mode "w+b", not the opener's flags)
+        if writing and not (str_.startswith(where, inside) or where == workdir):
             deny("write outside work dir", "open " + where)
         if not writing and not (where in read_files or str_.startswith(where, readable)):
             deny("read outside allowed dirs", "open " + where)

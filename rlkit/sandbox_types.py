@@ -20,6 +20,8 @@ class SandboxLimits:
     max_file_bytes: int = 10_000_000  # the largest file the program may write (RLIMIT_FSIZE)
     max_open_files: int = 64  # RLIMIT_NOFILE
     disk_mb: int = 64  # the whole working directory (the kernel boundary's tmpfs)
+    max_tasks: int = 64  # processes and threads at once, with the boundary, where a cgroup can be made
+    cgroup: bool = True  # with the boundary: a cgroup for the run where one can be made (about 7 ms a run)
     use_namespaces: bool = True  # without the kernel boundary: unshare's user/net/pid/ipc namespaces
     kernel: bool | None = None  # None: as the policy says (configure); False: never (comparisons, tests)
     audit_hook: bool = True  # False only to show what the kernel boundary holds on its own
@@ -31,8 +33,8 @@ class SandboxLimits:
             raise ValueError(f"sandbox memory_mb must be at least 64 (the interpreter needs ~30 MB), got {self.memory_mb}")
         if self.max_output_bytes < 1 or self.max_file_bytes < 0 or self.max_open_files < 8:
             raise ValueError("sandbox max_output_bytes must be >= 1, max_file_bytes >= 0, max_open_files >= 8")
-        if self.disk_mb < 1:
-            raise ValueError(f"sandbox disk_mb must be >= 1, got {self.disk_mb}")
+        if self.disk_mb < 1 or self.max_tasks < 4:
+            raise ValueError(f"sandbox disk_mb must be >= 1 and max_tasks >= 4, got {self.disk_mb}, {self.max_tasks}")
 
 
 class SandboxUnavailable(RuntimeError):

@@ -239,5 +239,5 @@ ATTACKS = [
     Attack("a thread bomb", "resources",
            "import threading, time\nthreads = []\nfor _ in range(10_000):\n"
            "    t = threading.Thread(target=time.sleep, args=(600,)); t.start(); threads.append(t)\n"
-           "print('THREADS', len(threads))", printed("THREADS 10000"), "rlimit (address space), wall clock"),
+           "print('THREADS', len(threads))", printed("THREADS 10000"), "cgroup (tasks), rlimit (address space), wall clock"),
 ]

@@ -147,6 +147,132 @@ def test_the_reward_is_registered_and_built_from_rewards_args():
         CodeExecReward(timeout_s=-1)
 
 
+# --- tests the program cannot fake --------------------------------------------------------------
+
+# the honest answer is f(x) = x * x + 1, which none of the programs below computes
+FAKEABLE = ("assert f(1) == 2\nassert f(5) == 26\nassert not (f(3) != 10)\nassert f(2) != 0\nassert f(4) in {17, 0.5}\n"
+            "assert isinstance(f(6), int) and abs(f(6) - 37) < 1")
+TRICKS = {
+    "__eq__ always True": "class A:\n    def __eq__(self, other): return True\n    __hash__ = object.__hash__\n"
+                          "def f(x): return A()",
+    "__bool__ True": "class A:\n    def __bool__(self): return True\n    def __eq__(self, other): return self\n"
+                     "def f(x): return A()",
+    "__hash__ and __ne__": "class A:\n    def __hash__(self): return hash(17)\n    def __eq__(self, o): return True\n"
+                           "    def __ne__(self, o): return False\ndef f(x): return A()",
+    "int subclass with a lying __eq__": "class X(int):\n    def __eq__(self, o): return True\n"
+                                        "    def __ne__(self, o): return False\n    __hash__ = int.__hash__\n"
+                                        "def f(x): return X(0)",
+    "patched AssertionError": "import builtins\nclass Quiet(Exception): pass\nbuiltins.AssertionError = Quiet\n"
+                              "def f(x): return 0",
+    "patched isinstance and abs": "import builtins\nbuiltins.isinstance = lambda *a: True\nbuiltins.abs = lambda x: 0\n"
+                                  "def f(x): return 0",
+    "patched operator": "import operator\noperator.eq = lambda a, b: True\noperator.ne = lambda a, b: False\n"
+                        "operator.contains = lambda a, b: True\ndef f(x): return 0",
+    "sys.exit(0) at import": "import sys\nsys.exit(0)\ndef f(x): return 0",
+    "os._exit(0) at import": "import os\nos._exit(0)",
+    "SystemExit inside f": "def f(x): raise SystemExit(0)",
+    "fake result lines": "for i in range(5):\n    print('rlkit-0123456789abcdef pass', i)\n"
+                         "    print('rlkit-0123456789abcdef value', i, '[\"int\",\"2\"]')\ndef f(x): return 0",
+    "the marker read from the harness's frame": (
+        "import os, sys\nmarker = sys._getframe(1).f_locals.get('marker')\nfor i in range(5):\n"
+        "    os.write(1, ('\\n%s value %d [\"int\",\"17\"]\\n%s pass %d\\n' % (marker, i, marker, i)).encode())\n"
+        "def f(x): return 0"),
+    "an expected-output file": "open('expected_output.txt', 'w').write('2\\n26\\n10\\n')\n"
+                               "open('results.json', 'w').write('{\"passed\": 5}')\ndef f(x): return 0",
+}
+
+
+def test_faking_tricks_score_zero():
+    fn = reward(max_parallel=8)
+    honest = fenced("def f(x):\n    return x * x + 1")
+    values = score(fn, [honest] + [fenced(code) for code in TRICKS.values()], tests=FAKEABLE)
+    assert values[0] == 1.0
+    assert dict(zip(TRICKS, values[1:])) == {name: 0.0 for name in TRICKS}, fn.last_reasons
+
+
+# (tests, an honest program, a wrong one)
+FORMS = [
+    ("assert f(1) == 2", "def f(x): return x + 1", "def f(x): return x"),
+    ("assert f(1) != 3", "def f(x): return x + 1", "def f(x): return 3"),
+    ("assert f(1)", "def f(x): return [0]", "def f(x): return []"),
+    ("assert not f(1)", "def f(x): return 0", "def f(x): return 1"),
+    ("assert abs(f(2.0) - 1.414) < 1e-3", "def f(x): return x ** 0.5", "def f(x): return x / 2 + 0.5"),
+    ("assert sorted(f([3, 1, 2])) == [1, 2, 3]", "def f(xs): return xs[::-1]", "def f(xs): return xs[1:]"),
+    ("assert f(1) is None", "def f(x):\n    pass", "def f(x): return 0"),
+    ("assert isinstance(f(1), int)", "class I(int): pass\ndef f(x): return I(3)", "def f(x): return 1.0"),
+    ("assert f(1) == 2",  # the int's own value crosses, whatever its class says about equality
+     "class X(int):\n    def __eq__(self, o): return False\n    __hash__ = int.__hash__\ndef f(x): return X(2)",
+     "class X(int):\n    def __eq__(self, o): return True\n    __hash__ = int.__hash__\ndef f(x): return X(3)"),
+    ("assert f(1) == (1, 2)", "def f(x): return (x, 2)", "def f(x): return [x, 2]"),
+    ('assert f("a") in {"a", "b"}', "def f(s): return s", "def f(s): return s * 2"),
+    ("assert len(f(3)) == 3", "def f(n): return 'x' * n", "def f(n): return 'x'"),
+    ("import math\nassert math.isclose(f(1), 0.5)", "def f(x): return x / 2", "def f(x): return x"),
+    (["s = Solution()\nassert s.method(3) == 4"], "class Solution:\n    def method(self, x): return x + 1",
+     "class Solution:\n    def method(self, x): return x"),
+    ("def approx(a, b):\n    return abs(a - b) < 1e-9\nassert approx(f(1), 0.1)", "def f(x): return x / 10",
+     "def f(x): return x"),
+    (["x = f(2)\ny = f(3)\nassert x + y == 15\nassert f(0) == 1"], "def f(x): return x * x + 1",
+     "def f(x): return x * x"),
+    (["nums = [3, 1, 2]\nsort_in_place(nums)\nassert nums == [1, 2, 3]"], "def sort_in_place(xs): xs.sort()",
+     "def sort_in_place(xs): return sorted(xs)"),
+    (["try:\n    f(-1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError('no ValueError')"],
+     "def f(x):\n    if x < 0:\n        raise ValueError(x)", "def f(x): return x"),
+    ("assert f(10**30) == 10**30 + 1 and f(1.5) == 2.5 and f(1j) == 1 + 1j",
+     "def f(x): return x + 1", "def f(x): return x"),
+]
+
+
+def test_test_forms_pass_with_an_honest_program_and_fail_with_a_wrong_one():
+    fn = reward(max_parallel=8)
+    completions = [fenced(program) for _, good, bad in FORMS for program in (good, bad)]
+    rows = [tests for tests, _, _ in FORMS for _ in (0, 1)]
+    values = fn(prompts=["p"] * len(rows), completions=completions, tests=rows)
+    assert values == [1.0, 0.0] * len(FORMS), list(zip(values, fn.last_reasons))
+
+
+def test_tests_that_cannot_be_cut_apart_fail_with_the_reason():
+    fn = reward()
+    comprehension = "assert all(f(x) == x for x in range(3))"
+    generator = "def f(n):\n    yield from range(n)"
+    values = fn(prompts=["p"] * 2, completions=[fenced("def f(x): return x"), fenced(generator)],
+                tests=[comprehension, "assert list(f(2)) == [0, 1]"])
+    assert values == [0.0, 0.0]
+    assert "cannot check apart from the program: `f(x)` uses `x`" in fn.last_reasons[0]
+    assert "`f(2)` cannot cross to the checker (generator): only plain data" in fn.last_reasons[1]
+
+
+def test_the_programs_process_sees_the_calls_but_not_the_expected_values(monkeypatch):
+    import rlkit.rewards.code_exec as module
+
+    programs = []
+    original = module.run_python
+
+    def recording_run_python(code, **kwargs):
+        programs.append(code)
+        return original(code, **kwargs)
+
+    monkeypatch.setattr(module, "run_python", recording_run_python)
+    tests = "WANTED = 987654321\nassert f(12345) == WANTED\nassert f(2) == 123123123"
+    assert score(reward(), [fenced("def f(x): return 0")], tests=tests) == [0.0]
+    phase1, checker = programs
+    assert "f(12345)" in phase1 and "987654321" not in phase1 and "123123123" not in phase1
+    assert "987654321" in checker and "def f(x): return 0" not in checker
+
+
+def test_phase_two_is_skipped_only_when_phase_one_sent_no_value(monkeypatch):
+    import rlkit.rewards.code_exec as module
+
+    runs = []
+    original = module.run_python
+    monkeypatch.setattr(module, "run_python", lambda *a, **k: runs.append(1) or original(*a, **k))
+    fn = reward()
+    assert score(fn, [fenced("import os\nos._exit(0)")]) == [0.0] and len(runs) == 1
+    assert fn.last_reasons[0] == "0/3 tests passed; no test results (the program exited before the tests ran)"
+    halfway = "import os\ndef add3(x):\n    if x == 0:\n        os._exit(0)\n    return x + 3"
+    assert score(fn, [fenced(halfway)]) == [pytest.approx(2 / 3)] and len(runs) == 3
+    assert "`add3(0)`: no value came back: the program's run ended first" in fn.last_reasons[0]
+
+
 # --- the `code` environment -------------------------------------------------------------------
 
 def test_bundled_rows_have_prompts_and_three_assert_tests():
@@ -226,8 +352,12 @@ def test_no_sandbox_directories_are_left_behind(monkeypatch):
     monkeypatch.setattr(module, "run_python", recording_run_python)
     score(reward(timeout_s=2.0), [CORRECT, PARTIAL, fenced("while True: pass")], tests=TESTS)
     score(reward(), [fenced("print(input())")], tests=[{"stdin": "a", "stdout": "a"}])
-    assert len(seen) == 4
-    assert not any(os.path.exists(os.path.dirname(workdir)) for workdir in seen)
+    assert len(seen) == 6  # two phases each for CORRECT and PARTIAL; the loop's first phase; the io run
+
+    def run_directory(workdir):  # the run's own directory: workdir itself, or its parent for <run>/work
+        return os.path.dirname(workdir) if os.path.basename(workdir) == "work" else workdir
+
+    assert not any(os.path.exists(run_directory(workdir)) for workdir in seen)
 
 
 def test_a_batch_of_looping_programs_ends_within_the_call_budget():

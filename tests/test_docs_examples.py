@@ -16,6 +16,7 @@ counts are printed at the end of the session (``-s``) and checked here.
 
 from __future__ import annotations
 
+import re
 import runpy
 import subprocess
 import sys
@@ -42,14 +43,7 @@ def test_examples_are_found_and_every_one_not_run_says_why():
     assert len(RUN) >= 30 and all(e.not_run.strip() for e in skipped)
 
 
-def _names_a_loose_file(example) -> bool:
-    """A command naming a page's file (``my_rewards.py:brevity``): its actors must start in the
-    example's folder to find it, so it gets a Ray session of its own (started by the command)."""
-    return example.language == "bash" and any(".py:" in word for words in example.commands for word in words)
-
-
-@pytest.mark.parametrize("example", [pytest.param(e, marks=pytest.mark.own_ray) if _names_a_loose_file(e) else e
-                                     for e in RUN], ids=[e.name for e in RUN])
+@pytest.mark.parametrize("example", RUN, ids=[e.name for e in RUN])
 def test_a_docs_example_runs(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if example.language == "python":
@@ -95,7 +89,9 @@ def run_commands(example) -> None:
         last = i == len(example.commands) - 1
         assert words[0] == "rlkit", (f"{example.name}: `{' '.join(words)}` is not an rlkit command; make it one "
                                      "or say why it is not run")
-        args = words[1:]
+        # a page's file named by a command (my_rewards.py:brevity) is where the page's folder is: the
+        # suite's Ray workers started elsewhere, and resolve relative paths from there
+        args = [_page_file_absolute(word) for word in words[1:]]
         if args[0] == "train" and "--resume" not in args:
             args += [item for key, value in SMALL.items() if key not in args for item in (key, value)]
             if "--output_dir" not in args:
@@ -117,3 +113,9 @@ def run_commands(example) -> None:
 def _without_output_dir(args: list[str]) -> tuple[str, ...]:
     i = args.index("--output_dir") if "--output_dir" in args else len(args)
     return tuple(args[:i] + args[i + 2:])
+
+
+def _page_file_absolute(word: str) -> str:
+    """``my_rewards.py:brevity`` -> ``/the/example/folder/my_rewards.py:brevity`` (inside lists too)."""
+    return re.sub(r"(?<![\w/.])([\w-]+\.py):", lambda m: f"{Path(m.group(1)).resolve()}:"
+                  if Path(m.group(1)).is_file() else m.group(0), word)

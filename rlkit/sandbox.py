@@ -434,8 +434,10 @@ def isolation_layers(limits: SandboxLimits | None = None, python: str | None = N
     """The layers a run with ``limits`` gets on this machine, for logs and docs (raises
     :class:`SandboxUnavailable` as a run would, when the boundary is required and missing)."""
     limits = limits or SandboxLimits()
-    if _policy.url and python is None:
-        return (f"service({_policy.url})",)
+    if _policy.url and python is None:  # the service's own layers (and it is reachable: else this raises)
+        from rlkit.sandbox_client import RemoteSandbox
+
+        return (f"service({_policy.url})", *RemoteSandbox(_policy.url).health().get("layers", []))
     python = python or sys.executable
     layers = []
     if use_kernel_boundary(limits, python):

@@ -357,7 +357,9 @@ def _result(got: _Collected, returncode: int, limits: SandboxLimits, duration: f
     stderr = got.stderr.decode("utf-8", "replace")
     notes = got.report.decode("utf-8", "replace").splitlines()
     for note in notes:
-        if note.startswith("status signal "):  # relayed by the PID-namespace init
+        # relayed by the PID-namespace init; the program holds this pipe too, and a note can only
+        # turn its status into a death by a signal (a violation), never into a success
+        if note.startswith("status signal ") and note.split()[-1].isdigit() and int(note.split()[-1]) > 0:
             returncode = -int(note.split()[-1])
     notes = [n for n in notes if n and not n.startswith("status ")]
     reason, violation = _reason(got.stopped, notes, returncode, stderr, limits, duration, got.out_of_memory)

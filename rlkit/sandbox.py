@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlkit.sandbox_bwrap import WORKDIR
-from rlkit.sandbox_types import SandboxLimits, SandboxResult, SandboxUnavailable  # noqa: F401 (public here)
+from rlkit.sandbox_types import SandboxLimits, SandboxResult, SandboxUnavailable, signal_name  # noqa: F401 (public here)
 
 #: exit status the child uses when the guard stops it (the reason goes through the report pipe);
 #: sandbox_child.py writes it as a literal so the program cannot rebind it
@@ -177,7 +177,9 @@ def kernel_boundary_missing(python: str) -> str:
     try:
         layout = sandbox_bwrap.interpreter_layout(python)
         filter_bytes = sandbox_seccomp.filter_program()
-        probe = subprocess.run([*sandbox_bwrap.command(layout, 2**20), layout.python, "-I", "-S", "-c", "pass"],
+        # the extension modules programs and the child need (lib-dynload) must load in there too
+        probe = subprocess.run([*sandbox_bwrap.command(layout, 2**20), layout.python, "-I", "-S", "-c",
+                                "import _ctypes, _json, select, zlib"],
                                capture_output=True, timeout=30, env=_child_env("/"))
     except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as exc:
         return f"bwrap could not be started ({exc})"
@@ -382,18 +384,12 @@ def _reason(stopped: str, notes: list[str], returncode: int, stderr: str, limits
     if returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and duration >= cpu_s):
         return f"cpu time limit ({cpu_s}s)", True
     if returncode < 0:
-        return f"killed by signal {-returncode}{_signal_name(-returncode)}", True
+        return f"killed by signal {-returncode}{signal_name(-returncode)}", True
     last = stderr.strip().splitlines()[-1:] or [""]
     if last[0].startswith("MemoryError"):
         return "memory limit", True
     return f"exit status {returncode}" + (f": {last[0][:200]}" if last[0] else ""), False
 
-
-def _signal_name(number: int) -> str:
-    try:
-        return f" ({signal.Signals(number).name})"
-    except ValueError:
-        return ""
 
 
 def _remove_tree(path: str) -> None:

@@ -37,8 +37,7 @@ class InterpreterLayout:
 
     executable: str  # the real binary
     version: str  # "3.11"
-    stdlib: str  # the standard library (lib-dynload inside it or in platstdlib)
-    platstdlib: str
+    stdlib: str  # the standard library, lib-dynload inside it (a layout without is refused by the probe)
     shared_library: str | None  # libpythonX.Y.so.1.0 when the interpreter links one
 
     @property
@@ -64,7 +63,7 @@ def interpreter_layout(python: str) -> InterpreterLayout:
              "libdir = sysconfig.get_config_var('LIBDIR') or ''\n"
              "print(json.dumps({'executable': os.path.realpath(sys.executable),\n"
              "  'version': '%d.%d' % sys.version_info[:2],\n"
-             "  'stdlib': sysconfig.get_path('stdlib'), 'platstdlib': sysconfig.get_path('platstdlib'),\n"
+             "  'stdlib': sysconfig.get_path('stdlib'),\n"
              "  'shared_library': os.path.join(libdir, lib) if lib and os.path.exists(os.path.join(libdir, lib))\n"
              "      else None}))\n")
     out = subprocess.run([python, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
@@ -78,8 +77,6 @@ def command(layout: InterpreterLayout, disk_bytes: int, extra: tuple[str, ...] =
     args += _system_libraries()
     args += ["--ro-bind", layout.executable, layout.python]
     args += ["--ro-bind", layout.stdlib, layout.sandbox_stdlib]
-    if os.path.realpath(layout.platstdlib) != os.path.realpath(layout.stdlib):
-        args += ["--ro-bind", layout.platstdlib, layout.sandbox_stdlib + "-plat"]
     if os.path.isdir(os.path.join(layout.stdlib, "site-packages")):
         args += ["--tmpfs", layout.sandbox_stdlib + "/site-packages"]
     if layout.shared_library:

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
-from rlkit.sandbox_types import SandboxLimits, SandboxResult
+from rlkit.sandbox_types import SandboxLimits, SandboxResult, signal_name
 
 
 class SandboxServiceError(RuntimeError):
@@ -55,7 +55,7 @@ def _derived(run: dict, stderr: str, limits: SandboxLimits) -> dict:
     elif code == 0:
         reason, violation = "", False
     elif code < 0:
-        reason, violation = f"killed by signal {-code}{_signal_name(-code)}", True
+        reason, violation = f"killed by signal {-code}{signal_name(-code)}", True
     else:
         last = (stderr.strip().splitlines() or [""])[-1]
         if last.startswith("MemoryError"):
@@ -64,12 +64,6 @@ def _derived(run: dict, stderr: str, limits: SandboxLimits) -> dict:
             reason, violation = f"exit status {code}" + (f": {last[:200]}" if last else ""), False
     return {"ok": not reason, "exit_code": code, "reason": reason, "violation": violation}
 
-
-def _signal_name(number: int) -> str:
-    try:
-        return f" ({signal.Signals(number).name})"
-    except ValueError:
-        return ""
 
 
 # the connection failed before any answer: safe to try again (at worst the program runs twice)

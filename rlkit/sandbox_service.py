@@ -24,7 +24,6 @@ Only python runs here; ``files`` and ``fetch_files`` are refused until ``run_pyt
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -162,11 +161,9 @@ def _answer(status: str, message: str) -> dict:
 
 
 def layers_for(limits: SandboxLimits, python: str) -> list[str]:
-    """``isolation_layers()`` for these limits, whichever of ``limits``/``python`` it takes. The
-    interpreter is always named: without it a process configured to use a service reports that."""
-    accepted = inspect.signature(isolation_layers).parameters
-    wanted = {"limits": limits, "python": python}
-    return list(isolation_layers(**{name: value for name, value in wanted.items() if name in accepted}))
+    """``isolation_layers`` of runs here. The interpreter is always named: without it a process
+    configured to use a service would report that service's layers."""
+    return list(isolation_layers(limits, python))
 
 
 # ---- the server ----

@@ -6,6 +6,7 @@ in the same types without importing the code that runs programs here.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 
@@ -51,3 +52,11 @@ class SandboxResult:
     violation: bool  # the sandbox stopped it (limit, guard, signal), as opposed to failing by itself
     duration_s: float
     workdir: str  # the temporary folder of the run on this machine, already deleted
+
+
+def signal_name(number: int) -> str:
+    """`` (SIGKILL)`` for 9: how a reason names a signal ("" for a number that is none)."""
+    try:
+        return f" ({signal.Signals(number).name})"
+    except ValueError:
+        return ""
